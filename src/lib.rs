@@ -1,0 +1,11 @@
+//! pfode: a laboratory for the numerics of diffusion-model samplers.
+//!
+//! Data flows one way: [`schedule`] -> [`prediction`] -> [`oracle`] (the exact [`gmm`] mixture,
+//! the closed-form [`gaussian_flow`], later networks) -> solvers -> metrics -> experiments.
+
+pub mod error;
+pub mod schedule;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use schedule::{NoiseLevel, Schedule};

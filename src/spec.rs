@@ -1,0 +1,132 @@
+//! The `name[:key=value,...]` grammar shared by every command-line spec (schedules now; grids and
+//! solvers later). Options are consumed by the code that builds the object; any option left
+//! unconsumed is an error that lists the valid ones.
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    what: &'static str,
+    text: String,
+    pub name: String,
+    options: BTreeMap<String, String>,
+    known: Vec<&'static str>,
+}
+
+impl Spec {
+    /// Parses `name` or `name:key=value,key=value`. `what` names the kind of spec in errors
+    /// ("schedule", "grid", "solver").
+    pub fn parse(what: &'static str, text: &str) -> Result<Self> {
+        let err = |reason: String| Error::Spec {
+            what,
+            spec: text.to_string(),
+            reason,
+        };
+        let (name, rest) = match text.split_once(':') {
+            Some((n, r)) => (n.trim(), Some(r)),
+            None => (text.trim(), None),
+        };
+        if name.is_empty() {
+            return Err(err("empty name".into()));
+        }
+        let mut options = BTreeMap::new();
+        if let Some(rest) = rest {
+            for item in rest.split(',') {
+                let (k, v) = item
+                    .split_once('=')
+                    .ok_or_else(|| err(format!("option '{item}' is not of the form key=value")))?;
+                let (k, v) = (k.trim(), v.trim());
+                if k.is_empty() || v.is_empty() {
+                    return Err(err(format!("option '{item}' has an empty key or value")));
+                }
+                if options.insert(k.to_string(), v.to_string()).is_some() {
+                    return Err(err(format!("option '{k}' given twice")));
+                }
+            }
+        }
+        Ok(Spec {
+            what,
+            text: text.to_string(),
+            name: name.to_string(),
+            options,
+            known: Vec::new(),
+        })
+    }
+
+    pub fn error(&self, reason: impl Into<String>) -> Error {
+        Error::Spec {
+            what: self.what,
+            spec: self.text.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Takes option `key` parsed as `T`, or `default` when absent.
+    pub fn take<T: FromStr>(&mut self, key: &'static str, default: T) -> Result<T> {
+        self.known.push(key);
+        match self.options.remove(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                self.error(format!(
+                    "option '{key}': cannot parse '{v}' as {}",
+                    std::any::type_name::<T>()
+                ))
+            }),
+        }
+    }
+
+    /// Takes a finite floating-point option.
+    pub fn take_f64(&mut self, key: &'static str, default: f64) -> Result<f64> {
+        let v: f64 = self.take(key, default)?;
+        if !v.is_finite() {
+            return Err(self.error(format!("option '{key}': {v} is not finite")));
+        }
+        Ok(v)
+    }
+
+    /// Ends parsing: an option nobody took is an error naming the valid ones.
+    pub fn finish(self) -> Result<()> {
+        if let Some(k) = self.options.keys().next() {
+            let valid = if self.known.is_empty() {
+                "none".to_string()
+            } else {
+                self.known.join(", ")
+            };
+            return Err(self.error(format!(
+                "unknown option '{k}' for '{}' (valid: {valid})",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let mut s = Spec::parse("schedule", "vp-linear:beta0=0.2,beta1=10").unwrap();
+        assert_eq!(s.name, "vp-linear");
+        assert_eq!(s.take_f64("beta0", 0.1).unwrap(), 0.2);
+        assert_eq!(s.take_f64("beta1", 20.0).unwrap(), 10.0);
+        s.finish().unwrap();
+
+        let mut s = Spec::parse("schedule", "vp-linear:beta2=3").unwrap();
+        s.take_f64("beta0", 0.1).unwrap();
+        let e = s.finish().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "schedule 'vp-linear:beta2=3': unknown option 'beta2' for 'vp-linear' (valid: beta0)"
+        );
+        assert!(Spec::parse("grid", "x:a").is_err());
+        assert!(Spec::parse("grid", "x:a=1,a=2").is_err());
+        let mut s = Spec::parse("grid", "x:a=zz").unwrap();
+        assert!(s.take_f64("a", 1.0).unwrap_err().to_string().contains("cannot parse 'zz'"));
+        let mut s = Spec::parse("grid", "x:a=nan").unwrap();
+        assert!(s.take_f64("a", 1.0).unwrap_err().to_string().contains("not finite"));
+    }
+}
