@@ -9,3 +9,15 @@ pub mod spec;
 
 pub use error::{Error, Result};
 pub use schedule::{NoiseLevel, Schedule};
+pub mod gaussian_flow;
+pub mod gmm;
+pub mod io;
+pub mod oracle;
+pub mod prediction;
+pub mod problems;
+pub mod rng;
+
+pub use gaussian_flow::GaussianFlow;
+pub use gmm::{GaussianMixture, MixtureSpec};
+pub use oracle::{Counted, Oracle};
+pub use prediction::Prediction;

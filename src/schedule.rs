@@ -311,8 +311,9 @@ impl VpDiscrete {
         i
     }
 
-    /// Alphas_cumprod as the DDPM code has them, for tests and records.
-    pub fn alphas_cumprod(&self) -> Vec<f64> {
+    /// Alphas_cumprod as the DDPM code has them.
+    #[cfg(test)]
+    fn alphas_cumprod(&self) -> Vec<f64> {
         self.log_alpha.iter().map(|la| (2.0 * la).exp()).collect()
     }
 }

@@ -1,0 +1,534 @@
+//! The exact Gaussian-mixture oracle: p_0 = sum_k w_k N(mu_k, Sigma_k), full covariances.
+//!
+//! Under x_t = alpha x_0 + sigma eps each component stays Gaussian,
+//! p_t = sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I), so score, denoiser and density are
+//! exact at every noise level. Each Sigma_k = U_k diag(l_k) U_k^T is factored once (faer), so
+//! alpha^2 Sigma_k + sigma^2 I = U_k diag(D_k) U_k^T with D_k = alpha^2 l_k + sigma^2 needs no
+//! factorization per time. With r = x - alpha mu_k and z = U_k^T r, per component
+//!
+//! - E[x_0 | x, k] = mu_k + U_k diag(alpha l_k / D_k) z,
+//! - grad log N = -U_k diag(1 / D_k) z,
+//! - log N = -(d ln 2 pi + sum ln D_k + sum z^2 / D_k) / 2,
+//!
+//! and every prediction a x0_hat + b score (see [`crate::prediction`]) is the
+//! responsibility-weighted sum of a mu_k + U_k diag((a alpha l_k - b) / D_k) z: no division by
+//! alpha or sigma, so alpha -> 0 and sigma -> 0 are exact (only alpha = sigma = 0 is excluded).
+//! Responsibilities come from a one-pass (online) log-sum-exp over components.
+//!
+//! File format (JSON): `{"weights": [K], "means": [[d], ...], "covs": [[[d x d]], ...]}`,
+//! plus optional `"name"` (string) and `"provenance"` (object), which are ignored.
+
+use crate::error::{Error, Result};
+use crate::oracle::{check_batch, par_rows, Oracle};
+use crate::prediction::Prediction;
+use crate::rng::RowRng;
+use crate::schedule::NoiseLevel;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd::{self, ComputeEigenvectors};
+use faer::{Mat, Par};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use rayon::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+
+/// Tolerance on |sum of weights - 1|.
+pub const WEIGHT_SUM_TOL: f64 = 1e-9;
+/// Relative tolerance on |Sigma_ij - Sigma_ji| / max |Sigma|.
+pub const SYMMETRY_TOL: f64 = 1e-12;
+/// Largest accepted condition number of a covariance.
+pub const MAX_CONDITION: f64 = 1e12;
+
+/// The raw content of a mixture file, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixtureSpec {
+    pub weights: Vec<f64>,
+    pub means: Vec<Vec<f64>>,
+    pub covs: Vec<Vec<Vec<f64>>>,
+}
+
+/// Bare `NaN`, `Infinity`, `-Infinity` (as Python's json writes them) are not JSON; they are
+/// quoted here so that the reader can name the field that holds them.
+fn quote_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(tok) = ["NaN", "Infinity", "-Infinity"]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
+        {
+            out.push('"');
+            out.push_str(tok);
+            out.push('"');
+            rest = &rest[tok.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+struct Reader<'a> {
+    source: &'a str,
+}
+
+impl Reader<'_> {
+    fn err(&self, field: &str, reason: impl Into<String>) -> Error {
+        Error::invalid(self.source, Some(field.to_string()), reason)
+    }
+
+    fn array<'v>(&self, v: &'v Value, field: &str, len: Option<usize>) -> Result<&'v [Value]> {
+        let a = v
+            .as_array()
+            .ok_or_else(|| self.err(field, format!("expected an array, found {}", kind(v))))?;
+        if let Some(n) = len {
+            if a.len() != n {
+                return Err(self.err(
+                    field,
+                    format!("expected {n} entries, found {} (dimension mismatch)", a.len()),
+                ));
+            }
+        }
+        Ok(a)
+    }
+
+    fn number(&self, v: &Value, field: &str) -> Result<f64> {
+        match v {
+            Value::Number(n) => n
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| self.err(field, "number out of range")),
+            Value::String(s) if ["NaN", "Infinity", "-Infinity"].contains(&s.as_str()) => {
+                Err(self.err(field, format!("{s} is not a finite number")))
+            }
+            _ => Err(self.err(field, format!("expected a number, found {}", kind(v)))),
+        }
+    }
+
+    fn vector(&self, v: &Value, field: &str, len: Option<usize>) -> Result<Vec<f64>> {
+        self.array(v, field, len)?
+            .iter()
+            .enumerate()
+            .map(|(i, x)| self.number(x, &format!("{field}[{i}]")))
+            .collect()
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl MixtureSpec {
+    /// Parses the JSON file format; `source` names the file in errors. Checks structure and
+    /// finiteness; [`GaussianMixture::new`] checks the mathematics.
+    pub fn from_json(text: &str, source: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(&quote_non_finite(text))
+            .map_err(|e| Error::invalid(source, None, format!("invalid JSON: {e}")))?;
+        let rd = Reader { source };
+        let obj = value.as_object().ok_or_else(|| {
+            Error::invalid(source, None, format!("expected an object, found {}", kind(&value)))
+        })?;
+        for key in obj.keys() {
+            if !["weights", "means", "covs", "name", "provenance"].contains(&key.as_str()) {
+                return Err(rd.err(
+                    key,
+                    "unknown field (valid: weights, means, covs, name, provenance)",
+                ));
+            }
+        }
+        let get = |key: &str| obj.get(key).ok_or_else(|| rd.err(key, "missing"));
+        let weights = rd.vector(get("weights")?, "weights", None)?;
+        let k = weights.len();
+        if k == 0 {
+            return Err(rd.err("weights", "no components"));
+        }
+        let means_v = rd.array(get("means")?, "means", Some(k))?;
+        let d = rd.array(&means_v[0], "means[0]", None)?.len();
+        if d == 0 {
+            return Err(rd.err("means[0]", "dimension 0"));
+        }
+        let means = means_v
+            .iter()
+            .enumerate()
+            .map(|(i, m)| rd.vector(m, &format!("means[{i}]"), Some(d)))
+            .collect::<Result<_>>()?;
+        let covs = rd
+            .array(get("covs")?, "covs", Some(k))?
+            .iter()
+            .enumerate()
+            .map(|(c, cov)| {
+                rd.array(cov, &format!("covs[{c}]"), Some(d))?
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| rd.vector(row, &format!("covs[{c}][{i}]"), Some(d)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        Ok(MixtureSpec {
+            weights,
+            means,
+            covs,
+        })
+    }
+
+    /// Reads and parses a mixture file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// The file format, one matrix row per line; `extra` fields (e.g. name, provenance) first.
+    /// Numbers are written in shortest round-trip form, so reading gives back the same bits.
+    pub fn to_json(&self, extra: &[(&str, Value)]) -> String {
+        let num = |x: f64| Value::from(x).to_string();
+        let row = |r: &[f64]| format!("[{}]", r.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", "));
+        let mut s = String::from("{\n");
+        for (k, v) in extra {
+            s += &format!("  {}: {},\n", Value::from(*k), v);
+        }
+        s += &format!("  \"weights\": {},\n", row(&self.weights));
+        let means: Vec<String> = self.means.iter().map(|m| format!("    {}", row(m))).collect();
+        s += &format!("  \"means\": [\n{}\n  ],\n", means.join(",\n"));
+        let covs: Vec<String> = self
+            .covs
+            .iter()
+            .map(|c| {
+                let rows: Vec<String> = c.iter().map(|r| format!("      {}", row(r))).collect();
+                format!("    [\n{}\n    ]", rows.join(",\n"))
+            })
+            .collect();
+        s += &format!("  \"covs\": [\n{}\n  ]\n}}\n", covs.join(",\n"));
+        s
+    }
+}
+
+/// A validated mixture with each covariance factored as U diag(l) U^T.
+#[derive(Debug, Clone)]
+pub struct GaussianMixture {
+    spec: MixtureSpec,
+    means: Array2<f64>,
+    /// Eigenvectors of Sigma_k as columns.
+    u: Vec<Array2<f64>>,
+    /// Eigenvalues of Sigma_k, ascending.
+    l: Vec<Array1<f64>>,
+    log_w: Vec<f64>,
+    /// Components with positive weight, the only ones evaluated.
+    active: Vec<usize>,
+}
+
+impl GaussianMixture {
+    /// Validates (weights non-negative and summing to 1 within [`WEIGHT_SUM_TOL`], covariances
+    /// symmetric and positive definite with condition number below [`MAX_CONDITION`], all
+    /// numbers finite, dimensions consistent) and factors each covariance once.
+    pub fn new(spec: MixtureSpec, source: &str) -> Result<Self> {
+        let err = |field: String, reason: String| Error::invalid(source, Some(field), reason);
+        let k = spec.weights.len();
+        if k == 0 || spec.means.len() != k || spec.covs.len() != k {
+            return Err(Error::invalid(
+                source,
+                None,
+                format!(
+                    "{} weights, {} means and {} covs: need the same number K >= 1",
+                    k,
+                    spec.means.len(),
+                    spec.covs.len()
+                ),
+            ));
+        }
+        let d = spec.means[0].len();
+        for (i, &w) in spec.weights.iter().enumerate() {
+            if !w.is_finite() || w < 0.0 {
+                return Err(err(format!("weights[{i}]"), format!("weight {w} is not a non-negative finite number")));
+            }
+        }
+        let total: f64 = spec.weights.iter().sum();
+        if (total - 1.0).abs() > WEIGHT_SUM_TOL {
+            return Err(err(
+                "weights".into(),
+                format!("weights sum to {total}, not 1 (tolerance {WEIGHT_SUM_TOL:e})"),
+            ));
+        }
+        let mut means = Array2::zeros((k, d));
+        let (mut us, mut ls) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        for c in 0..k {
+            let m = &spec.means[c];
+            if m.len() != d {
+                return Err(err(format!("means[{c}]"), format!("length {} but means[0] has {d} (dimension mismatch)", m.len())));
+            }
+            if let Some(j) = m.iter().position(|x| !x.is_finite()) {
+                return Err(err(format!("means[{c}][{j}]"), format!("{} is not a finite number", m[j])));
+            }
+            means.row_mut(c).assign(&ArrayView1::from(m));
+            let cov = &spec.covs[c];
+            if cov.len() != d || cov.iter().any(|r| r.len() != d) {
+                return Err(err(format!("covs[{c}]"), format!("not a {d} x {d} matrix (dimension mismatch)")));
+            }
+            let scale = cov.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
+            for i in 0..d {
+                for j in 0..d {
+                    let (a, b) = (cov[i][j], cov[j][i]);
+                    if !a.is_finite() {
+                        return Err(err(format!("covs[{c}][{i}][{j}]"), format!("{a} is not a finite number")));
+                    }
+                    if (a - b).abs() > SYMMETRY_TOL * scale {
+                        return Err(err(
+                            format!("covs[{c}][{i}][{j}]"),
+                            format!("not symmetric: {a} but covs[{c}][{j}][{i}] = {b}"),
+                        ));
+                    }
+                }
+            }
+            let sym = Mat::<f64>::from_fn(d, d, |i, j| 0.5 * (cov[i][j] + cov[j][i]));
+            let (u, l) = self_adjoint_eigen(&sym).map_err(|r| err(format!("covs[{c}]"), r))?;
+            let (lo, hi) = (l[0], l[d - 1]);
+            if lo <= 0.0 {
+                return Err(err(
+                    format!("covs[{c}]"),
+                    format!("not positive definite: smallest eigenvalue {lo:e} (largest {hi:e})"),
+                ));
+            }
+            if hi / lo > MAX_CONDITION {
+                return Err(err(
+                    format!("covs[{c}]"),
+                    format!("numerically singular: condition number {:e} exceeds {MAX_CONDITION:e}", hi / lo),
+                ));
+            }
+            us.push(u);
+            ls.push(l);
+        }
+        let log_w = spec.weights.iter().map(|w| w.ln()).collect();
+        let active = (0..k).filter(|&c| spec.weights[c] > 0.0).collect();
+        Ok(GaussianMixture {
+            spec,
+            means,
+            u: us,
+            l: ls,
+            log_w,
+            active,
+        })
+    }
+
+    /// Reads, validates and factors a mixture file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::new(MixtureSpec::from_file(path)?, &path.display().to_string())
+    }
+
+    pub fn spec(&self) -> &MixtureSpec {
+        &self.spec
+    }
+    pub fn n_components(&self) -> usize {
+        self.spec.weights.len()
+    }
+    pub fn weights(&self) -> &[f64] {
+        &self.spec.weights
+    }
+    pub fn mean(&self, k: usize) -> ArrayView1<'_, f64> {
+        self.means.row(k)
+    }
+    /// (U_k, l_k) with Sigma_k = U_k diag(l_k) U_k^T, eigenvalues ascending.
+    pub fn eigen(&self, k: usize) -> (ArrayView2<'_, f64>, ArrayView1<'_, f64>) {
+        (self.u[k].view(), self.l[k].view())
+    }
+
+    fn check_level(at: &NoiseLevel) -> Result<()> {
+        if !(at.alpha >= 0.0 && at.sigma >= 0.0 && at.alpha.is_finite() && at.sigma.is_finite())
+            || (at.alpha == 0.0 && at.sigma == 0.0)
+        {
+            return Err(Error::Domain(format!(
+                "the mixture needs finite alpha, sigma >= 0, not both 0; got alpha = {}, sigma = {} at t = {}",
+                at.alpha, at.sigma, at.t
+            )));
+        }
+        Ok(())
+    }
+
+    /// For rows `x`: per row the log-sum-exp pieces (`max`, `sum`) of the component terms
+    /// ln w_k + ln N(x; alpha mu_k, U diag(D) U^T) without the -d/2 ln 2 pi, and, when `ab` is
+    /// given, `out` = sum_k e^(term_k - max) (a mu_k + U_k diag((a alpha l - b)/D) U_k^T r).
+    fn accumulate(
+        &self,
+        at: &NoiseLevel,
+        ab: Option<(f64, f64)>,
+        x: ArrayView2<f64>,
+        mut out: ArrayViewMut2<f64>,
+        max: &mut [f64],
+        sum: &mut [f64],
+    ) {
+        let (m, d) = x.dim();
+        let (alpha, s2) = (at.alpha, at.sigma * at.sigma);
+        let mut r = Array2::<f64>::zeros((m, d));
+        let mut z = Array2::<f64>::zeros((m, d));
+        let mut w = vec![0.0; m];
+        max.fill(f64::NEG_INFINITY);
+        sum.fill(0.0);
+        out.fill(0.0);
+        for &k in &self.active {
+            let (u, l, mu) = (&self.u[k], &self.l[k], self.means.row(k));
+            let dk: Array1<f64> = l.mapv(|l| alpha * alpha * l + s2);
+            let logdet: f64 = dk.iter().map(|v| v.ln()).sum();
+            Zip::from(&mut r).and(&x).and_broadcast(&mu).for_each(|r, &x, &mu| *r = x - alpha * mu);
+            general_mat_mul(1.0, &r, u, 0.0, &mut z);
+            for (i, zi) in z.outer_iter().enumerate() {
+                let quad: f64 = zi.iter().zip(&dk).map(|(z, d)| z * z / d).sum();
+                let term = self.log_w[k] - 0.5 * (logdet + quad);
+                if term > max[i] {
+                    let scale = (max[i] - term).exp();
+                    out.row_mut(i).mapv_inplace(|v| v * scale);
+                    sum[i] *= scale;
+                    max[i] = term;
+                }
+                w[i] = (term - max[i]).exp();
+                sum[i] += w[i];
+            }
+            if let Some((a, b)) = ab {
+                let c: Array1<f64> = Zip::from(l).and(&dk).map_collect(|&l, &d| (a * alpha * l - b) / d);
+                z *= &c;
+                general_mat_mul(1.0, &z, &u.t(), 0.0, &mut r);
+                Zip::from(out.rows_mut()).and(r.rows()).and(&w).for_each(|mut o, r, &w| {
+                    Zip::from(&mut o).and(&r).and(&mu).for_each(|o, &r, &mu| *o += w * (r + a * mu));
+                });
+            }
+        }
+    }
+
+    /// ln p_t(x) for each row of `x`, exact.
+    pub fn log_density(&self, x: ArrayView2<f64>, at: &NoiseLevel) -> Result<Array1<f64>> {
+        Self::check_level(at)?;
+        let d = self.dim();
+        if x.ncols() != d {
+            return Err(Error::Dimension(format!("the mixture has dimension {d}; got points {:?}", x.dim())));
+        }
+        let c = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+        let mut out = Array1::zeros(x.nrows());
+        let rows: Vec<f64> = x
+            .axis_chunks_iter(Axis(0), crate::oracle::CHUNK_ROWS)
+            .into_par_iter()
+            .flat_map_iter(|xc| {
+                let m = xc.nrows();
+                let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
+                let mut dummy = Array2::zeros((m, 0));
+                self.accumulate(at, None, xc.view(), dummy.view_mut(), &mut max, &mut sum);
+                (0..m).map(move |i| max[i] + sum[i].ln() + c).collect::<Vec<_>>()
+            })
+            .collect();
+        out.assign(&Array1::from(rows));
+        Ok(out)
+    }
+
+    /// n seeded draws from p_t = sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I)
+    /// (p_0 for alpha = 1, sigma = 0). Row i depends only on (seed, i).
+    pub fn sample(&self, n: usize, alpha: f64, sigma: f64, seed: u64) -> Array2<f64> {
+        let d = self.dim();
+        let mut x = Array2::zeros((n, d));
+        let mut cum = self.spec.weights.clone();
+        for i in 1..cum.len() {
+            cum[i] += cum[i - 1];
+        }
+        x.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut row)| {
+            let mut rng = RowRng::new(seed, 0, i as u64);
+            let u = rng.uniform() * cum[cum.len() - 1];
+            let k = cum.iter().position(|&c| u < c).unwrap_or(cum.len() - 1);
+            let z: Vec<f64> = self.l[k]
+                .iter()
+                .map(|&l| (alpha * alpha * l + sigma * sigma).sqrt() * rng.normal())
+                .collect();
+            let y = self.u[k].dot(&Array1::from(z));
+            Zip::from(&mut row).and(&y).and(self.means.row(k)).for_each(|x, &y, &mu| *x = alpha * mu + y);
+        });
+        x
+    }
+
+    /// n seeded draws from the data distribution p_0.
+    pub fn sample_p0(&self, n: usize, seed: u64) -> Array2<f64> {
+        self.sample(n, 1.0, 0.0, seed)
+    }
+
+    /// n seeded draws from the noised marginal p_t at this level.
+    pub fn sample_pt(&self, n: usize, at: &NoiseLevel, seed: u64) -> Array2<f64> {
+        self.sample(n, at.alpha, at.sigma, seed)
+    }
+}
+
+/// Eigen-decomposition of a symmetric matrix, sequential so that it never depends on threads.
+fn self_adjoint_eigen(a: &Mat<f64>) -> std::result::Result<(Array2<f64>, Array1<f64>), String> {
+    let d = a.nrows();
+    let mut u = Mat::<f64>::zeros(d, d);
+    let mut s = faer::diag::Diag::<f64>::zeros(d);
+    let par = Par::Seq;
+    let mut buf = MemBuffer::new(evd::self_adjoint_evd_scratch::<f64>(
+        d,
+        ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ));
+    evd::self_adjoint_evd(
+        a.as_ref(),
+        s.as_mut(),
+        Some(u.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|e| format!("eigen-decomposition failed: {e:?}"))?;
+    let uu = Array2::from_shape_fn((d, d), |(i, j)| u[(i, j)]);
+    let l = Array1::from_shape_fn(d, |i| s[i]);
+    Ok((uu, l))
+}
+
+impl Oracle for GaussianMixture {
+    fn dim(&self) -> usize {
+        self.means.ncols()
+    }
+
+    fn native(&self) -> Prediction {
+        Prediction::X0
+    }
+
+    fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
+        self.predict(Prediction::X0, x, at, out)
+    }
+
+    /// Every prediction type computed directly from the mixture (no conversion).
+    fn predict(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        check_batch(self.dim(), &x, &out)?;
+        Self::check_level(at)?;
+        let ab = kind.coefficients(at);
+        if !(ab.0.is_finite() && ab.1.is_finite()) {
+            return Err(Error::Domain(format!("{kind} is not defined at t = {}: {at:?}", at.t)));
+        }
+        par_rows(x, out, |x, mut out| {
+            let m = x.nrows();
+            let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
+            self.accumulate(at, Some(ab), x, out.view_mut(), &mut max, &mut sum);
+            Zip::from(out.rows_mut()).and(&ArrayView1::from(&sum)).for_each(|mut o, &s| o.mapv_inplace(|v| v / s));
+        });
+        Ok(())
+    }
+}

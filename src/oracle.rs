@@ -1,0 +1,148 @@
+//! The oracle: whatever answers "what is the prediction at (x, t)?" — the exact Gaussian mixture,
+//! a closed form, a network. Batched over the rows of an (N, d) array, written into a buffer the
+//! caller provides.
+
+use crate::error::{Error, Result};
+use crate::prediction::{self, Prediction};
+use crate::schedule::NoiseLevel;
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// A model of the denoising posterior. One call of [`Oracle::eval`] or [`Oracle::predict`] on a
+/// batch is one function evaluation (NFE), whatever the batch size.
+pub trait Oracle: Sync {
+    /// The dimension d of a point.
+    fn dim(&self) -> usize;
+
+    /// The prediction type the oracle computes natively.
+    fn native(&self) -> Prediction;
+
+    /// The native prediction at the rows of `x` (N x d) into `out` (N x d).
+    fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()>;
+
+    /// A prediction of any type. The default evaluates the native type and converts it;
+    /// oracles that can compute every type directly override this.
+    fn predict(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        mut out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        self.eval(x, at, out.view_mut())?;
+        prediction::convert(self.native(), kind, at, x, out)
+    }
+}
+
+impl<O: Oracle + ?Sized> Oracle for &O {
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn native(&self) -> Prediction {
+        (**self).native()
+    }
+    fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
+        (**self).eval(x, at, out)
+    }
+    fn predict(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        (**self).predict(kind, x, at, out)
+    }
+}
+
+/// Checks that `x` and `out` are both (N, d) for the oracle's d.
+pub fn check_batch(dim: usize, x: &ArrayView2<f64>, out: &ArrayViewMut2<f64>) -> Result<()> {
+    if x.ncols() != dim || out.dim() != x.dim() {
+        return Err(Error::Dimension(format!(
+            "the oracle has dimension {dim}; got points {:?} and an output buffer {:?}",
+            x.dim(),
+            out.dim()
+        )));
+    }
+    Ok(())
+}
+
+/// Rows per parallel task. Fixed, so that which rows are computed together never depends on
+/// the number of threads: results are bit-identical at any thread count.
+pub const CHUNK_ROWS: usize = 64;
+
+/// Applies `f` to matching chunks of [`CHUNK_ROWS`] rows of `x` and `out`, in parallel.
+pub fn par_rows<F>(x: ArrayView2<f64>, mut out: ArrayViewMut2<f64>, f: F)
+where
+    F: Fn(ArrayView2<f64>, ArrayViewMut2<f64>) + Sync,
+{
+    if x.nrows() <= CHUNK_ROWS {
+        f(x, out);
+        return;
+    }
+    x.axis_chunks_iter(Axis(0), CHUNK_ROWS)
+        .into_par_iter()
+        .zip(out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS).into_par_iter())
+        .for_each(|(x, out)| f(x, out));
+}
+
+/// Counts evaluations (exact NFE) and records the noise levels they were made at, in order.
+pub struct Counted<O> {
+    inner: O,
+    calls: Mutex<Vec<NoiseLevel>>,
+}
+
+impl<O: Oracle> Counted<O> {
+    pub fn new(inner: O) -> Self {
+        Counted {
+            inner,
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The number of evaluations so far.
+    pub fn nfe(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    /// The noise levels of the evaluations so far, in evaluation order.
+    pub fn calls(&self) -> Vec<NoiseLevel> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn reset(&self) {
+        self.calls.lock().unwrap().clear();
+    }
+
+    pub fn inner(&self) -> &O {
+        &self.inner
+    }
+
+    fn record(&self, at: &NoiseLevel) {
+        self.calls.lock().unwrap().push(*at);
+    }
+}
+
+impl<O: Oracle> Oracle for Counted<O> {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn native(&self) -> Prediction {
+        self.inner.native()
+    }
+    fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
+        self.record(at);
+        self.inner.eval(x, at, out)
+    }
+    fn predict(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        self.record(at);
+        self.inner.predict(kind, x, at, out)
+    }
+}

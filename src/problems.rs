@@ -1,0 +1,146 @@
+//! Built-in problems: Gaussian mixtures defined in code from fixed seeds (scalar arithmetic only,
+//! so the same bits on every machine), also written to `results/problems/*.json` by
+//! `cargo run --release --bin problems`.
+//!
+//! | name | d | K | what |
+//! |---|---|---|---|
+//! | `ring2d` | 2 | 8 | equal weights, means on a circle of radius 4, covariance 0.05 I |
+//! | `aniso16` | 16 | 5 | unequal weights, means ~ N(0, 4 I), random-rotation covariances with eigenvalues log-spaced in [0.01, 1] (condition number 100) |
+//! | `gauss4` | 4 | 1 | one full-covariance Gaussian, mean (1, -2, 0.5, 1.5), eigenvalues (2, 0.8, 0.3, 0.1) |
+//! | `mix64` | 64 | 16 | random weights, means ~ N(0, 4 I), eigenvalues log-spaced in [0.1, 1]; for performance work |
+
+use crate::error::{Error, Result};
+use crate::gmm::{GaussianMixture, MixtureSpec};
+use crate::rng::RowRng;
+use std::f64::consts::PI;
+use std::path::Path;
+
+pub const PROBLEMS: [&str; 4] = ["ring2d", "aniso16", "gauss4", "mix64"];
+
+/// The seed a built-in problem is generated from (`None`: no randomness).
+pub fn seed(name: &str) -> Option<u64> {
+    match name {
+        "aniso16" => Some(16),
+        "gauss4" => Some(4),
+        "mix64" => Some(64),
+        _ => None,
+    }
+}
+
+/// A random orthonormal basis of R^d (rows), by modified Gram-Schmidt applied twice to seeded
+/// Gaussian vectors.
+fn random_basis(d: usize, seed: u64, domain: u32) -> Vec<Vec<f64>> {
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(d);
+    for i in 0..d {
+        let mut rng = RowRng::new(seed, domain, i as u64);
+        let mut v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+        for _ in 0..2 {
+            for b in &q {
+                let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
+                v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        q.push(v);
+    }
+    q
+}
+
+/// Sigma = sum_m l_m q_m q_m^T, computed on the upper triangle and mirrored (exactly symmetric).
+fn covariance(q: &[Vec<f64>], l: &[f64]) -> Vec<Vec<f64>> {
+    let d = l.len();
+    let mut c = vec![vec![0.0; d]; d];
+    for i in 0..d {
+        for j in i..d {
+            let v: f64 = (0..d).map(|m| q[m][i] * l[m] * q[m][j]).sum();
+            c[i][j] = v;
+            c[j][i] = v;
+        }
+    }
+    c
+}
+
+/// d eigenvalues log-spaced from lo to hi.
+fn log_spaced(d: usize, lo: f64, hi: f64) -> Vec<f64> {
+    (0..d)
+        .map(|m| lo * (hi / lo).powf(m as f64 / (d - 1) as f64))
+        .collect()
+}
+
+/// K random components: means ~ N(0, mean_scale^2 I), covariances with eigenvalues l.
+fn random_mixture(weights: Vec<f64>, d: usize, mean_scale: f64, l: &[f64], seed: u64) -> MixtureSpec {
+    let k = weights.len();
+    let means = (0..k)
+        .map(|c| {
+            let mut rng = RowRng::new(seed, 1, c as u64);
+            (0..d).map(|_| mean_scale * rng.normal()).collect()
+        })
+        .collect();
+    let covs = (0..k)
+        .map(|c| covariance(&random_basis(d, seed, 2 + c as u32), l))
+        .collect();
+    MixtureSpec {
+        weights,
+        means,
+        covs,
+    }
+}
+
+/// The definition of a built-in problem.
+pub fn builtin(name: &str) -> Result<MixtureSpec> {
+    Ok(match name {
+        "ring2d" => MixtureSpec {
+            weights: vec![0.125; 8],
+            means: (0..8)
+                .map(|k| {
+                    let a = 2.0 * PI * k as f64 / 8.0;
+                    vec![4.0 * a.cos(), 4.0 * a.sin()]
+                })
+                .collect(),
+            covs: vec![vec![vec![0.05, 0.0], vec![0.0, 0.05]]; 8],
+        },
+        "aniso16" => random_mixture(
+            vec![0.35, 0.25, 0.2, 0.12, 0.08],
+            16,
+            2.0,
+            &log_spaced(16, 0.01, 1.0),
+            16,
+        ),
+        "gauss4" => {
+            let q = random_basis(4, 4, 2);
+            MixtureSpec {
+                weights: vec![1.0],
+                means: vec![vec![1.0, -2.0, 0.5, 1.5]],
+                covs: vec![covariance(&q, &[2.0, 0.8, 0.3, 0.1])],
+            }
+        }
+        "mix64" => {
+            let raw: Vec<f64> = (0..16)
+                .map(|k| 0.5 + RowRng::new(64, 0, k).uniform())
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let weights = raw.iter().map(|w| w / total).collect();
+            random_mixture(weights, 64, 2.0, &log_spaced(64, 0.1, 1.0), 64)
+        }
+        other => return Err(unknown(other)),
+    })
+}
+
+fn unknown(name: &str) -> Error {
+    Error::Domain(format!(
+        "unknown problem '{name}' (valid: {}, or a .json file)",
+        PROBLEMS.join(", ")
+    ))
+}
+
+/// A built-in problem by name, or a mixture file by path.
+pub fn load(name_or_path: &str) -> Result<GaussianMixture> {
+    if PROBLEMS.contains(&name_or_path) {
+        return GaussianMixture::new(builtin(name_or_path)?, &format!("<built-in {name_or_path}>"));
+    }
+    if name_or_path.ends_with(".json") || Path::new(name_or_path).exists() {
+        return GaussianMixture::from_file(name_or_path);
+    }
+    Err(unknown(name_or_path))
+}
