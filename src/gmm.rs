@@ -97,7 +97,10 @@ impl Reader<'_> {
             if a.len() != n {
                 return Err(self.err(
                     field,
-                    format!("expected {n} entries, found {} (dimension mismatch)", a.len()),
+                    format!(
+                        "expected {n} entries, found {} (dimension mismatch)",
+                        a.len()
+                    ),
                 ));
             }
         }
@@ -145,7 +148,11 @@ impl MixtureSpec {
             .map_err(|e| Error::invalid(source, None, format!("invalid JSON: {e}")))?;
         let rd = Reader { source };
         let obj = value.as_object().ok_or_else(|| {
-            Error::invalid(source, None, format!("expected an object, found {}", kind(&value)))
+            Error::invalid(
+                source,
+                None,
+                format!("expected an object, found {}", kind(&value)),
+            )
         })?;
         for key in obj.keys() {
             if !["weights", "means", "covs", "name", "provenance"].contains(&key.as_str()) {
@@ -201,13 +208,22 @@ impl MixtureSpec {
     /// Numbers are written in shortest round-trip form, so reading gives back the same bits.
     pub fn to_json(&self, extra: &[(&str, Value)]) -> String {
         let num = |x: f64| Value::from(x).to_string();
-        let row = |r: &[f64]| format!("[{}]", r.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", "));
+        let row = |r: &[f64]| {
+            format!(
+                "[{}]",
+                r.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", ")
+            )
+        };
         let mut s = String::from("{\n");
         for (k, v) in extra {
             s += &format!("  {}: {},\n", Value::from(*k), v);
         }
         s += &format!("  \"weights\": {},\n", row(&self.weights));
-        let means: Vec<String> = self.means.iter().map(|m| format!("    {}", row(m))).collect();
+        let means: Vec<String> = self
+            .means
+            .iter()
+            .map(|m| format!("    {}", row(m)))
+            .collect();
         s += &format!("  \"means\": [\n{}\n  ],\n", means.join(",\n"));
         let covs: Vec<String> = self
             .covs
@@ -258,7 +274,10 @@ impl GaussianMixture {
         let d = spec.means[0].len();
         for (i, &w) in spec.weights.iter().enumerate() {
             if !w.is_finite() || w < 0.0 {
-                return Err(err(format!("weights[{i}]"), format!("weight {w} is not a non-negative finite number")));
+                return Err(err(
+                    format!("weights[{i}]"),
+                    format!("weight {w} is not a non-negative finite number"),
+                ));
             }
         }
         let total: f64 = spec.weights.iter().sum();
@@ -273,22 +292,37 @@ impl GaussianMixture {
         for c in 0..k {
             let m = &spec.means[c];
             if m.len() != d {
-                return Err(err(format!("means[{c}]"), format!("length {} but means[0] has {d} (dimension mismatch)", m.len())));
+                return Err(err(
+                    format!("means[{c}]"),
+                    format!(
+                        "length {} but means[0] has {d} (dimension mismatch)",
+                        m.len()
+                    ),
+                ));
             }
             if let Some(j) = m.iter().position(|x| !x.is_finite()) {
-                return Err(err(format!("means[{c}][{j}]"), format!("{} is not a finite number", m[j])));
+                return Err(err(
+                    format!("means[{c}][{j}]"),
+                    format!("{} is not a finite number", m[j]),
+                ));
             }
             means.row_mut(c).assign(&ArrayView1::from(m));
             let cov = &spec.covs[c];
             if cov.len() != d || cov.iter().any(|r| r.len() != d) {
-                return Err(err(format!("covs[{c}]"), format!("not a {d} x {d} matrix (dimension mismatch)")));
+                return Err(err(
+                    format!("covs[{c}]"),
+                    format!("not a {d} x {d} matrix (dimension mismatch)"),
+                ));
             }
             let scale = cov.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
-            for i in 0..d {
-                for j in 0..d {
-                    let (a, b) = (cov[i][j], cov[j][i]);
+            for (i, row) in cov.iter().enumerate() {
+                for (j, &a) in row.iter().enumerate() {
+                    let b = cov[j][i];
                     if !a.is_finite() {
-                        return Err(err(format!("covs[{c}][{i}][{j}]"), format!("{a} is not a finite number")));
+                        return Err(err(
+                            format!("covs[{c}][{i}][{j}]"),
+                            format!("{a} is not a finite number"),
+                        ));
                     }
                     if (a - b).abs() > SYMMETRY_TOL * scale {
                         return Err(err(
@@ -310,7 +344,10 @@ impl GaussianMixture {
             if hi / lo > MAX_CONDITION {
                 return Err(err(
                     format!("covs[{c}]"),
-                    format!("numerically singular: condition number {:e} exceeds {MAX_CONDITION:e}", hi / lo),
+                    format!(
+                        "numerically singular: condition number {:.2e} exceeds {MAX_CONDITION:e}",
+                        hi / lo
+                    ),
                 ));
             }
             us.push(u);
@@ -387,7 +424,10 @@ impl GaussianMixture {
             let (u, l, mu) = (&self.u[k], &self.l[k], self.means.row(k));
             let dk: Array1<f64> = l.mapv(|l| alpha * alpha * l + s2);
             let logdet: f64 = dk.iter().map(|v| v.ln()).sum();
-            Zip::from(&mut r).and(&x).and_broadcast(&mu).for_each(|r, &x, &mu| *r = x - alpha * mu);
+            Zip::from(&mut r)
+                .and(&x)
+                .and_broadcast(&mu)
+                .for_each(|r, &x, &mu| *r = x - alpha * mu);
             general_mat_mul(1.0, &r, u, 0.0, &mut z);
             for (i, zi) in z.outer_iter().enumerate() {
                 let quad: f64 = zi.iter().zip(&dk).map(|(z, d)| z * z / d).sum();
@@ -402,12 +442,20 @@ impl GaussianMixture {
                 sum[i] += w[i];
             }
             if let Some((a, b)) = ab {
-                let c: Array1<f64> = Zip::from(l).and(&dk).map_collect(|&l, &d| (a * alpha * l - b) / d);
+                let c: Array1<f64> = Zip::from(l)
+                    .and(&dk)
+                    .map_collect(|&l, &d| (a * alpha * l - b) / d);
                 z *= &c;
                 general_mat_mul(1.0, &z, &u.t(), 0.0, &mut r);
-                Zip::from(out.rows_mut()).and(r.rows()).and(&w).for_each(|mut o, r, &w| {
-                    Zip::from(&mut o).and(&r).and(&mu).for_each(|o, &r, &mu| *o += w * (r + a * mu));
-                });
+                Zip::from(out.rows_mut())
+                    .and(r.rows())
+                    .and(&w)
+                    .for_each(|mut o, r, &w| {
+                        Zip::from(&mut o)
+                            .and(&r)
+                            .and(&mu)
+                            .for_each(|o, &r, &mu| *o += w * (r + a * mu));
+                    });
             }
         }
     }
@@ -417,7 +465,10 @@ impl GaussianMixture {
         Self::check_level(at)?;
         let d = self.dim();
         if x.ncols() != d {
-            return Err(Error::Dimension(format!("the mixture has dimension {d}; got points {:?}", x.dim())));
+            return Err(Error::Dimension(format!(
+                "the mixture has dimension {d}; got points {:?}",
+                x.dim()
+            )));
         }
         let c = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
         let mut out = Array1::zeros(x.nrows());
@@ -429,7 +480,9 @@ impl GaussianMixture {
                 let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
                 let mut dummy = Array2::zeros((m, 0));
                 self.accumulate(at, None, xc.view(), dummy.view_mut(), &mut max, &mut sum);
-                (0..m).map(move |i| max[i] + sum[i].ln() + c).collect::<Vec<_>>()
+                (0..m)
+                    .map(move |i| max[i] + sum[i].ln() + c)
+                    .collect::<Vec<_>>()
             })
             .collect();
         out.assign(&Array1::from(rows));
@@ -445,17 +498,23 @@ impl GaussianMixture {
         for i in 1..cum.len() {
             cum[i] += cum[i - 1];
         }
-        x.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut row)| {
-            let mut rng = RowRng::new(seed, 0, i as u64);
-            let u = rng.uniform() * cum[cum.len() - 1];
-            let k = cum.iter().position(|&c| u < c).unwrap_or(cum.len() - 1);
-            let z: Vec<f64> = self.l[k]
-                .iter()
-                .map(|&l| (alpha * alpha * l + sigma * sigma).sqrt() * rng.normal())
-                .collect();
-            let y = self.u[k].dot(&Array1::from(z));
-            Zip::from(&mut row).and(&y).and(self.means.row(k)).for_each(|x, &y, &mu| *x = alpha * mu + y);
-        });
+        x.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(i, mut row)| {
+                let mut rng = RowRng::new(seed, 0, i as u64);
+                let u = rng.uniform() * cum[cum.len() - 1];
+                let k = cum.iter().position(|&c| u < c).unwrap_or(cum.len() - 1);
+                let z: Vec<f64> = self.l[k]
+                    .iter()
+                    .map(|&l| (alpha * alpha * l + sigma * sigma).sqrt() * rng.normal())
+                    .collect();
+                let y = self.u[k].dot(&Array1::from(z));
+                Zip::from(&mut row)
+                    .and(&y)
+                    .and(self.means.row(k))
+                    .for_each(|x, &y, &mu| *x = alpha * mu + y);
+            });
         x
     }
 
@@ -521,13 +580,18 @@ impl Oracle for GaussianMixture {
         Self::check_level(at)?;
         let ab = kind.coefficients(at);
         if !(ab.0.is_finite() && ab.1.is_finite()) {
-            return Err(Error::Domain(format!("{kind} is not defined at t = {}: {at:?}", at.t)));
+            return Err(Error::Domain(format!(
+                "{kind} is not defined at t = {}: {at:?}",
+                at.t
+            )));
         }
         par_rows(x, out, |x, mut out| {
             let m = x.nrows();
             let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
             self.accumulate(at, Some(ab), x, out.view_mut(), &mut max, &mut sum);
-            Zip::from(out.rows_mut()).and(&ArrayView1::from(&sum)).for_each(|mut o, &s| o.mapv_inplace(|v| v / s));
+            Zip::from(out.rows_mut())
+                .and(&ArrayView1::from(&sum))
+                .for_each(|mut o, &s| o.mapv_inplace(|v| v / s));
         });
         Ok(())
     }

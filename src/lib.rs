@@ -1,4 +1,4 @@
-//! pfode: a laboratory for the numerics of diffusion-model samplers.
+#![doc = include_str!("../README.md")]
 //!
 //! Data flows one way: [`schedule`] -> [`prediction`] -> [`oracle`] (the exact [`gmm`] mixture,
 //! the closed-form [`gaussian_flow`], later networks) -> solvers -> metrics -> experiments.

@@ -83,7 +83,10 @@ where
     }
     x.axis_chunks_iter(Axis(0), CHUNK_ROWS)
         .into_par_iter()
-        .zip(out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS).into_par_iter())
+        .zip(
+            out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)
+                .into_par_iter(),
+        )
         .for_each(|(x, out)| f(x, out));
 }
 

@@ -69,7 +69,13 @@ fn log_spaced(d: usize, lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// K random components: means ~ N(0, mean_scale^2 I), covariances with eigenvalues l.
-fn random_mixture(weights: Vec<f64>, d: usize, mean_scale: f64, l: &[f64], seed: u64) -> MixtureSpec {
+fn random_mixture(
+    weights: Vec<f64>,
+    d: usize,
+    mean_scale: f64,
+    l: &[f64],
+    seed: u64,
+) -> MixtureSpec {
     let k = weights.len();
     let means = (0..k)
         .map(|c| {
@@ -137,7 +143,10 @@ fn unknown(name: &str) -> Error {
 /// A built-in problem by name, or a mixture file by path.
 pub fn load(name_or_path: &str) -> Result<GaussianMixture> {
     if PROBLEMS.contains(&name_or_path) {
-        return GaussianMixture::new(builtin(name_or_path)?, &format!("<built-in {name_or_path}>"));
+        return GaussianMixture::new(
+            builtin(name_or_path)?,
+            &format!("<built-in {name_or_path}>"),
+        );
     }
     if name_or_path.ends_with(".json") || Path::new(name_or_path).exists() {
         return GaussianMixture::from_file(name_or_path);

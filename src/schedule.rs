@@ -375,7 +375,10 @@ impl Ve {
 
 impl Schedule for Ve {
     fn spec(&self) -> String {
-        format!("ve:sigma_min={},sigma_max={}", self.sigma_min, self.sigma_max)
+        format!(
+            "ve:sigma_min={},sigma_max={}",
+            self.sigma_min, self.sigma_max
+        )
     }
     fn t_min(&self) -> f64 {
         0.0
@@ -664,7 +667,11 @@ mod tests {
             let direct = u(t).cos() / u(0.0).cos();
             assert!((s.alpha(t) - direct).abs() < 1e-14, "t = {t}");
         }
-        assert!((s.lambda(0.9946) + 4.77764).abs() < 1e-5, "{}", s.lambda(0.9946));
+        assert!(
+            (s.lambda(0.9946) + 4.77764).abs() < 1e-5,
+            "{}",
+            s.lambda(0.9946)
+        );
     }
 
     #[test]

@@ -125,8 +125,16 @@ mod tests {
         assert!(Spec::parse("grid", "x:a").is_err());
         assert!(Spec::parse("grid", "x:a=1,a=2").is_err());
         let mut s = Spec::parse("grid", "x:a=zz").unwrap();
-        assert!(s.take_f64("a", 1.0).unwrap_err().to_string().contains("cannot parse 'zz'"));
+        assert!(s
+            .take_f64("a", 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot parse 'zz'"));
         let mut s = Spec::parse("grid", "x:a=nan").unwrap();
-        assert!(s.take_f64("a", 1.0).unwrap_err().to_string().contains("not finite"));
+        assert!(s
+            .take_f64("a", 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("not finite"));
     }
 }

@@ -2,7 +2,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
 use pfode::prediction::{convert, Prediction};
-use pfode::schedule::{self, NoiseLevel, Schedule as _};
+use pfode::schedule::{self, NoiseLevel};
 use pfode::{problems, Counted, GaussianMixture, Oracle, Result};
 
 fn mixture(name: &str) -> GaussianMixture {
@@ -134,13 +134,24 @@ fn one_component_mixture_is_the_gaussian_closed_form() {
             let cinv_r = cho_solve(&l, r.view());
             let exact_score = -&cinv_r;
             let exact_x0 = &mu + &(sigma0.dot(&cinv_r) * at.alpha);
-            let exact_logp = -0.5 * (4.0 * (2.0 * std::f64::consts::PI).ln() + logdet + r.dot(&cinv_r));
+            let exact_logp =
+                -0.5 * (4.0 * (2.0 * std::f64::consts::PI).ln() + logdet + r.dot(&cinv_r));
             let scale = exact_score.iter().fold(1.0f64, |a, v| a.max(v.abs()));
-            let e_score = (&score.row(i) - &exact_score).iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let e_x0 = (&x0.row(i) - &exact_x0).iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let e_score = (&score.row(i) - &exact_score)
+                .iter()
+                .fold(0.0f64, |a, v| a.max(v.abs()));
+            let e_x0 = (&x0.row(i) - &exact_x0)
+                .iter()
+                .fold(0.0f64, |a, v| a.max(v.abs()));
             assert!(e_score < 1e-12 * scale, "{label}: score {e_score:e}");
-            assert!(e_x0 < 1e-12 * (1.0 + at.alpha.recip().min(1e3)), "{label}: x0 {e_x0:e}");
-            assert!((logp[i] - exact_logp).abs() < 1e-12 * exact_logp.abs().max(1.0), "{label}: log p");
+            assert!(
+                e_x0 < 1e-12 * (1.0 + at.alpha.recip().min(1e3)),
+                "{label}: x0 {e_x0:e}"
+            );
+            assert!(
+                (logp[i] - exact_logp).abs() < 1e-12 * exact_logp.abs().max(1.0),
+                "{label}: log p"
+            );
         }
     }
 }
@@ -196,8 +207,17 @@ fn limits_alpha_to_zero_and_sigma_to_zero() {
     let expected = (&x + &score) * -0.05;
     assert!(max_abs((&v - &expected).view()) < 1e-13 * max_abs(expected.view()));
     // alpha = sigma = 0 is no noise level at all.
-    let bad = NoiseLevel { alpha: 0.0, sigma: 0.0, ..clean };
-    let e = m.predict(Prediction::X0, x.view(), &bad, Array2::zeros(x.dim()).view_mut());
+    let bad = NoiseLevel {
+        alpha: 0.0,
+        sigma: 0.0,
+        ..clean
+    };
+    let e = m.predict(
+        Prediction::X0,
+        x.view(),
+        &bad,
+        Array2::zeros(x.dim()).view_mut(),
+    );
     assert!(e.unwrap_err().to_string().contains("not both 0"));
 }
 
@@ -213,7 +233,10 @@ fn five_routes_to_the_drift_agree() {
             match convert(from, Prediction::Velocity, &at, x.view(), y.view_mut()) {
                 Ok(()) => {
                     let err = max_abs((&y - &direct).view()) / scale;
-                    assert!(err < 1e-11, "{label}: {from} -> velocity differs by {err:e}");
+                    assert!(
+                        err < 1e-11,
+                        "{label}: {from} -> velocity differs by {err:e}"
+                    );
                 }
                 // Only where the input says nothing about the drift (eps and x0 at the ends).
                 Err(_) => assert!(at.alpha == 0.0 || at.sigma == 0.0, "{label} {from}"),
@@ -269,9 +292,13 @@ fn counted_oracle_gives_exact_nfe_and_call_order() {
     let ts = [80.0, 40.0, 10.0, 1.0, 0.1, 0.002, 0.0];
     for (i, &t) in ts.iter().enumerate() {
         let kind = Prediction::ALL[i % 5];
-        counted.predict(kind, x.view(), &s.level(t), out.view_mut()).unwrap();
+        counted
+            .predict(kind, x.view(), &s.level(t), out.view_mut())
+            .unwrap();
     }
-    counted.eval(x.view(), &s.level(3.0), out.view_mut()).unwrap();
+    counted
+        .eval(x.view(), &s.level(3.0), out.view_mut())
+        .unwrap();
     assert_eq!(counted.nfe(), 8);
     let seen: Vec<f64> = counted.calls().iter().map(|l| l.t).collect();
     assert_eq!(seen, [80.0, 40.0, 10.0, 1.0, 0.1, 0.002, 0.0, 3.0]);
@@ -285,7 +312,9 @@ fn batch_shape_errors() {
     let at = schedule::parse("flow").unwrap().level(0.5);
     let x = Array2::zeros((10, 15));
     let mut out = Array2::zeros((10, 15));
-    let e = m.predict(Prediction::Eps, x.view(), &at, out.view_mut()).unwrap_err();
+    let e = m
+        .predict(Prediction::Eps, x.view(), &at, out.view_mut())
+        .unwrap_err();
     assert_eq!(
         e.to_string(),
         "dimension mismatch: the oracle has dimension 16; got points (10, 15) and an output buffer (10, 15)"
@@ -312,9 +341,21 @@ fn bit_identical_at_any_thread_count() {
     let one = run(1);
     for threads in [2, 3, 8] {
         let other = run(threads);
-        assert!(one.0.iter().zip(other.0.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
-        assert!(one.1.iter().zip(other.1.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
-        assert!(one.2.iter().zip(other.2.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(one
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(one
+            .1
+            .iter()
+            .zip(other.1.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(one
+            .2
+            .iter()
+            .zip(other.2.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
 
@@ -335,8 +376,13 @@ fn samples_have_the_mixture_moments() {
             // standard error of the mean sqrt(var/n) < 0.0075; of a covariance entry < 0.015
             assert!((mean[i] - expected_mean).abs() < 0.03, "t={t} mean[{i}]");
             for j in 0..4 {
-                let c = at.alpha * at.alpha * spec.covs[0][i][j] + if i == j { at.sigma * at.sigma } else { 0.0 };
-                assert!((cov[[i, j]] - c).abs() < 0.06, "t={t} cov[{i}][{j}] {} vs {c}", cov[[i, j]]);
+                let c = at.alpha * at.alpha * spec.covs[0][i][j]
+                    + if i == j { at.sigma * at.sigma } else { 0.0 };
+                assert!(
+                    (cov[[i, j]] - c).abs() < 0.06,
+                    "t={t} cov[{i}][{j}] {} vs {c}",
+                    cov[[i, j]]
+                );
             }
         }
     }
