@@ -19,7 +19,7 @@
 //! plus optional `"name"` (string) and `"provenance"` (object), which are ignored.
 
 use crate::error::{Error, Result};
-use crate::oracle::{check_batch, par_rows, Oracle};
+use crate::oracle::{check_batch, par_rows, Oracle, CHUNK_ROWS};
 use crate::prediction::Prediction;
 use crate::rng::RowRng;
 use crate::schedule::NoiseLevel;
@@ -472,20 +472,21 @@ impl GaussianMixture {
         }
         let c = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
         let mut out = Array1::zeros(x.nrows());
-        let rows: Vec<f64> = x
-            .axis_chunks_iter(Axis(0), crate::oracle::CHUNK_ROWS)
+        x.axis_chunks_iter(Axis(0), CHUNK_ROWS)
             .into_par_iter()
-            .flat_map_iter(|xc| {
-                let m = xc.nrows();
+            .zip(
+                out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)
+                    .into_par_iter(),
+            )
+            .for_each(|(x, mut out)| {
+                let m = x.nrows();
                 let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
-                let mut dummy = Array2::zeros((m, 0));
-                self.accumulate(at, None, xc.view(), dummy.view_mut(), &mut max, &mut sum);
-                (0..m)
-                    .map(move |i| max[i] + sum[i].ln() + c)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        out.assign(&Array1::from(rows));
+                let mut no_prediction = Array2::zeros((m, 0));
+                self.accumulate(at, None, x, no_prediction.view_mut(), &mut max, &mut sum);
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = max[i] + sum[i].ln() + c;
+                }
+            });
         Ok(out)
     }
 

@@ -189,7 +189,8 @@ impl LogAlpha for VpLinear {
 /// official DPM-Solver code: ln alpha(t) = ln cos(u_t) - ln cos(u_0), u_t = (t+s)/(1+s) pi/2.
 /// alpha reaches 0 at t = 1 (lambda = -inf), so the end point is clipped to
 /// t_max = 0.9946 as in that code (alpha = 0.0084, lambda(t_max) = -4.7776); it is an option. Both directions are
-/// written in the angle difference delta = u_t - u_0 to avoid cancellation near t = 0.
+/// written in the angle difference delta = u_t - u_0 near t = 0, and in pi/2 - u_t near t = 1,
+/// to avoid cancellation at either end.
 #[derive(Debug)]
 struct VpCosine {
     s: f64,
@@ -213,14 +214,24 @@ impl LogAlpha for VpCosine {
         self.t_max
     }
     fn log_alpha(&self, t: f64) -> f64 {
-        // cos(u0 + d)/cos(u0) = cos d - tan(u0) sin d = 1 - 2 sin^2(d/2) - tan(u0) sin d
         let u0 = self.s * self.scale();
-        let d = t * self.scale();
-        let h = (0.5 * d).sin();
-        (-2.0 * h * h - u0.tan() * d.sin()).ln_1p()
+        if t > 0.5 {
+            // cos u_t = sin(pi/2 - u_t) = sin((1 - t) pi/2 / (1 + s)), exact near t = 1.
+            ((1.0 - t) * self.scale()).sin().ln() - u0.cos().ln()
+        } else {
+            // cos(u0 + d)/cos(u0) = cos d - tan(u0) sin d = 1 - 2 sin^2(d/2) - tan(u0) sin d
+            let d = t * self.scale();
+            let h = (0.5 * d).sin();
+            (-2.0 * h * h - u0.tan() * d.sin()).ln_1p()
+        }
     }
     fn dlog_alpha(&self, t: f64) -> f64 {
-        -((t + self.s) * self.scale()).tan() * self.scale()
+        // -tan(u_t) pi/2/(1+s), with tan u_t = 1 / tan(pi/2 - u_t) near t = 1
+        if t > 0.5 {
+            -self.scale() / ((1.0 - t) * self.scale()).tan()
+        } else {
+            -((t + self.s) * self.scale()).tan() * self.scale()
+        }
     }
     fn t_of_log_alpha(&self, log_alpha: f64) -> f64 {
         // cos u = cos(u0) e^la; sin(u - u0) = -cos^2(u0) expm1(2 la) / (sin u cos u0 + cos u sin u0)
@@ -250,14 +261,21 @@ pub enum Betas {
 /// ln alpha(t_i) = ln(alphas_cumprod_i)/2, and ln alpha piecewise linear in t between knots;
 /// `t(lambda)` interpolates t piecewise linearly in ln alpha, which is the exact inverse.
 /// The valid range is [1/N, 1]; the official `interpolate_fn` extrapolates linearly outside it,
-/// pfode rejects such t. linspace follows NumPy (start + i step, last point exactly the end).
+/// pfode rejects such t. Trailing knots with lambda < -5.1 are dropped before the knots are
+/// placed, as the official `numerical_clip_alpha` does (so N can be less than `steps`); neither
+/// default beta set reaches it (lambda(1) = -5.06 for `linear`, -2.68 for `scaled_linear`).
+/// linspace follows NumPy (start + i step, last point exactly the end).
 #[derive(Debug)]
 struct VpDiscrete {
     betas: Betas,
     beta_start: f64,
     beta_end: f64,
+    steps: usize,
     log_alpha: Vec<f64>,
 }
+
+/// The official DPM-Solver `numerical_clip_alpha` threshold on lambda.
+const CLIPPED_LAMBDA: f64 = -5.1;
 
 impl VpDiscrete {
     fn new(betas: Betas, beta_start: f64, beta_end: f64, n: usize) -> Self {
@@ -275,17 +293,22 @@ impl VpDiscrete {
                 .collect(),
         };
         let mut cumprod = 1.0;
-        let log_alpha = beta
+        let mut log_alpha: Vec<f64> = beta
             .iter()
             .map(|b| {
                 cumprod *= 1.0 - b;
                 0.5 * cumprod.ln()
             })
             .collect();
+        let lambda = |la: f64| la - 0.5 * (-(2.0 * la).exp_m1()).ln();
+        while log_alpha.len() > 2 && lambda(log_alpha[log_alpha.len() - 1]) < CLIPPED_LAMBDA {
+            log_alpha.pop();
+        }
         VpDiscrete {
             betas,
             beta_start,
             beta_end,
+            steps: n,
             log_alpha,
         }
     }
@@ -326,9 +349,7 @@ impl LogAlpha for VpDiscrete {
         };
         format!(
             "vp-discrete:betas={name},beta_start={},beta_end={},steps={}",
-            self.beta_start,
-            self.beta_end,
-            self.n()
+            self.beta_start, self.beta_end, self.steps
         )
     }
     fn t_min(&self) -> f64 {
@@ -690,6 +711,30 @@ mod tests {
         assert!((1.0 - ac[0] - 0.00085).abs() < 1e-15);
         assert!(s.check_t(5e-4).is_err());
         assert!(s.check_t(1e-3).is_ok());
+        // No knot is clipped for the default beta sets ...
+        let lin = parse("vp-discrete:betas=linear").unwrap();
+        assert!(
+            (lin.lambda(1.0) + 5.0588).abs() < 1e-3,
+            "{}",
+            lin.lambda(1.0)
+        );
+        assert!((s.lambda(1.0) + 2.68202).abs() < 1e-4, "{}", s.lambda(1.0));
+        // ... but a larger beta_end has its knots below lambda = -5.1 dropped and the rest
+        // spread over (0, 1].
+        let c = VpDiscrete::new(Betas::Linear, 1e-4, 0.03, 1000);
+        let kept = c.log_alpha.len();
+        let full: Vec<f64> = (0..1000)
+            .scan(1.0, |ac, i| {
+                *ac *= 1.0 - (1e-4 + i as f64 * (0.03 - 1e-4) / 999.0);
+                Some(*ac)
+            })
+            .collect();
+        assert!(kept < 1000 && kept > 700, "{kept}");
+        let clipped = Vp(c);
+        assert!(clipped.lambda(1.0) >= -5.1 && clipped.lambda(1.0) < -5.09);
+        assert!((clipped.alpha(1.0).powi(2) / full[kept - 1] - 1.0).abs() < 1e-13);
+        let next = full[kept].sqrt().ln();
+        assert!(next - 0.5 * (-(2.0 * next).exp_m1()).ln() < -5.1);
     }
 
     #[test]
