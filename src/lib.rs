@@ -8,6 +8,8 @@ pub mod schedule;
 pub mod spec;
 
 pub use error::{Error, Result};
+/// The ndarray version pfode is built with, re-exported for callers.
+pub use ndarray;
 pub use schedule::{NoiseLevel, Schedule};
 pub mod gaussian_flow;
 pub mod gmm;
