@@ -8,17 +8,14 @@
 //! It is also the optimal-transport map between the Gaussians p_s and p_t.
 
 use crate::error::{Error, Result};
-use crate::gmm::GaussianMixture;
+use crate::gmm::{Component, GaussianMixture};
 use crate::oracle::{check_batch, par_rows};
 use crate::schedule::NoiseLevel;
-use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Zip};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 
 #[derive(Debug, Clone)]
 pub struct GaussianFlow {
-    mean: Array1<f64>,
-    u: Array2<f64>,
-    l: Array1<f64>,
+    gaussian: Component,
 }
 
 impl GaussianFlow {
@@ -30,11 +27,8 @@ impl GaussianFlow {
                 "the closed-form flow needs a single Gaussian; this problem has {k} components"
             )));
         }
-        let (u, l) = mixture.eigen(0);
         Ok(GaussianFlow {
-            mean: mixture.mean(0).to_owned(),
-            u: u.to_owned(),
-            l: l.to_owned(),
+            gaussian: mixture.component(0).clone(),
         })
     }
 
@@ -46,8 +40,9 @@ impl GaussianFlow {
         x: ArrayView2<f64>,
         out: ArrayViewMut2<f64>,
     ) -> Result<()> {
-        check_batch(self.mean.len(), &x, &out)?;
-        let gain: Array1<f64> = self.l.mapv(|l| {
+        let g = &self.gaussian;
+        check_batch(g.mean.len(), &x, &out)?;
+        let gain: Array1<f64> = g.l.mapv(|l| {
             ((to.alpha * to.alpha * l + to.sigma * to.sigma)
                 / (from.alpha * from.alpha * l + from.sigma * from.sigma))
                 .sqrt()
@@ -58,19 +53,12 @@ impl GaussianFlow {
                 from.alpha, from.sigma, from.t
             )));
         }
-        par_rows(x, out, |x, mut out| {
+        par_rows(x, out, |x, out| {
             let mut r = Array2::zeros(x.dim());
             let mut z = Array2::zeros(x.dim());
-            Zip::from(&mut r)
-                .and(&x)
-                .and_broadcast(&self.mean)
-                .for_each(|r, &x, &mu| *r = x - from.alpha * mu);
-            general_mat_mul(1.0, &r, &self.u, 0.0, &mut z);
+            g.to_eigenbasis(x, from.alpha, &mut r, &mut z);
             z *= &gain;
-            general_mat_mul(1.0, &z, &self.u.t(), 0.0, &mut out);
-            Zip::from(&mut out)
-                .and_broadcast(&self.mean)
-                .for_each(|o, &mu| *o += to.alpha * mu);
+            g.from_eigenbasis(&z, to.alpha, out);
         });
         Ok(())
     }

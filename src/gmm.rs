@@ -19,7 +19,7 @@
 //! plus optional `"name"` (string) and `"provenance"` (object), which are ignored.
 
 use crate::error::{Error, Result};
-use crate::oracle::{check_batch, par_rows, Oracle, CHUNK_ROWS};
+use crate::oracle::{check_batch, par_rows, Oracle};
 use crate::prediction::Prediction;
 use crate::rng::RowRng;
 use crate::schedule::NoiseLevel;
@@ -89,22 +89,10 @@ impl Reader<'_> {
         Error::invalid(self.source, Some(field.to_string()), reason)
     }
 
-    fn array<'v>(&self, v: &'v Value, field: &str, len: Option<usize>) -> Result<&'v [Value]> {
-        let a = v
-            .as_array()
-            .ok_or_else(|| self.err(field, format!("expected an array, found {}", kind(v))))?;
-        if let Some(n) = len {
-            if a.len() != n {
-                return Err(self.err(
-                    field,
-                    format!(
-                        "expected {n} entries, found {} (dimension mismatch)",
-                        a.len()
-                    ),
-                ));
-            }
-        }
-        Ok(a)
+    fn array<'v>(&self, v: &'v Value, field: &str) -> Result<&'v [Value]> {
+        v.as_array()
+            .map(|a| a.as_slice())
+            .ok_or_else(|| self.err(field, format!("expected an array, found {}", kind(v))))
     }
 
     fn number(&self, v: &Value, field: &str) -> Result<f64> {
@@ -120,8 +108,8 @@ impl Reader<'_> {
         }
     }
 
-    fn vector(&self, v: &Value, field: &str, len: Option<usize>) -> Result<Vec<f64>> {
-        self.array(v, field, len)?
+    fn vector(&self, v: &Value, field: &str) -> Result<Vec<f64>> {
+        self.array(v, field)?
             .iter()
             .enumerate()
             .map(|(i, x)| self.number(x, &format!("{field}[{i}]")))
@@ -141,8 +129,8 @@ fn kind(v: &Value) -> &'static str {
 }
 
 impl MixtureSpec {
-    /// Parses the JSON file format; `source` names the file in errors. Checks structure and
-    /// finiteness; [`GaussianMixture::new`] checks the mathematics.
+    /// Parses the JSON file format; `source` names the file in errors. Checks types and
+    /// finiteness; [`GaussianMixture::new`] checks shapes and the mathematics.
     pub fn from_json(text: &str, source: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(&quote_non_finite(text))
             .map_err(|e| Error::invalid(source, None, format!("invalid JSON: {e}")))?;
@@ -163,30 +151,22 @@ impl MixtureSpec {
             }
         }
         let get = |key: &str| obj.get(key).ok_or_else(|| rd.err(key, "missing"));
-        let weights = rd.vector(get("weights")?, "weights", None)?;
-        let k = weights.len();
-        if k == 0 {
-            return Err(rd.err("weights", "no components"));
-        }
-        let means_v = rd.array(get("means")?, "means", Some(k))?;
-        let d = rd.array(&means_v[0], "means[0]", None)?.len();
-        if d == 0 {
-            return Err(rd.err("means[0]", "dimension 0"));
-        }
-        let means = means_v
+        let weights = rd.vector(get("weights")?, "weights")?;
+        let means = rd
+            .array(get("means")?, "means")?
             .iter()
             .enumerate()
-            .map(|(i, m)| rd.vector(m, &format!("means[{i}]"), Some(d)))
+            .map(|(i, m)| rd.vector(m, &format!("means[{i}]")))
             .collect::<Result<_>>()?;
         let covs = rd
-            .array(get("covs")?, "covs", Some(k))?
+            .array(get("covs")?, "covs")?
             .iter()
             .enumerate()
             .map(|(c, cov)| {
-                rd.array(cov, &format!("covs[{c}]"), Some(d))?
+                rd.array(cov, &format!("covs[{c}]"))?
                     .iter()
                     .enumerate()
-                    .map(|(i, row)| rd.vector(row, &format!("covs[{c}][{i}]"), Some(d)))
+                    .map(|(i, row)| rd.vector(row, &format!("covs[{c}][{i}]")))
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
@@ -238,40 +218,84 @@ impl MixtureSpec {
     }
 }
 
+/// One Gaussian N(mean, U diag(l) U^T), eigenvalues ascending, eigenvectors as columns of U.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub mean: Array1<f64>,
+    pub u: Array2<f64>,
+    pub l: Array1<f64>,
+}
+
+impl Component {
+    /// z = (x - shift mean) U: the rows of x - shift mean in the eigenbasis (`r` is scratch).
+    pub fn to_eigenbasis(
+        &self,
+        x: ArrayView2<f64>,
+        shift: f64,
+        r: &mut Array2<f64>,
+        z: &mut Array2<f64>,
+    ) {
+        Zip::from(&mut *r)
+            .and(&x)
+            .and_broadcast(&self.mean)
+            .for_each(|r, &x, &mu| *r = x - shift * mu);
+        general_mat_mul(1.0, r, &self.u, 0.0, z);
+    }
+
+    /// out = z U^T + shift mean: back from the eigenbasis.
+    pub fn from_eigenbasis(&self, z: &Array2<f64>, shift: f64, mut out: ArrayViewMut2<f64>) {
+        general_mat_mul(1.0, z, &self.u.t(), 0.0, &mut out);
+        Zip::from(&mut out)
+            .and_broadcast(&self.mean)
+            .for_each(|o, &mu| *o += shift * mu);
+    }
+}
+
+/// A component's constants at one noise level, computed once per call:
+/// D = alpha^2 l + sigma^2, ln w - (sum ln D)/2 and the prediction gains (a alpha l - b)/D.
+struct Terms {
+    k: usize,
+    inv_d: Array1<f64>,
+    log_norm: f64,
+    gain: Array1<f64>,
+}
+
 /// A validated mixture with each covariance factored as U diag(l) U^T.
 #[derive(Debug, Clone)]
 pub struct GaussianMixture {
     spec: MixtureSpec,
-    means: Array2<f64>,
-    /// Eigenvectors of Sigma_k as columns.
-    u: Vec<Array2<f64>>,
-    /// Eigenvalues of Sigma_k, ascending.
-    l: Vec<Array1<f64>>,
+    components: Vec<Component>,
     log_w: Vec<f64>,
     /// Components with positive weight, the only ones evaluated.
     active: Vec<usize>,
 }
 
 impl GaussianMixture {
-    /// Validates (weights non-negative and summing to 1 within [`WEIGHT_SUM_TOL`], covariances
-    /// symmetric and positive definite with condition number below [`MAX_CONDITION`], all
-    /// numbers finite, dimensions consistent) and factors each covariance once.
+    /// Validates (K >= 1 and consistent dimensions; weights non-negative and summing to 1
+    /// within [`WEIGHT_SUM_TOL`]; covariances symmetric and positive definite with condition
+    /// number below [`MAX_CONDITION`]; all numbers finite) and factors each covariance once.
     pub fn new(spec: MixtureSpec, source: &str) -> Result<Self> {
         let err = |field: String, reason: String| Error::invalid(source, Some(field), reason);
+        let count = |field: String, n: usize, want: usize| {
+            if n == want {
+                Ok(())
+            } else {
+                Err(err(
+                    field,
+                    format!("expected {want} entries, found {n} (dimension mismatch)"),
+                ))
+            }
+        };
         let k = spec.weights.len();
-        if k == 0 || spec.means.len() != k || spec.covs.len() != k {
-            return Err(Error::invalid(
-                source,
-                None,
-                format!(
-                    "{} weights, {} means and {} covs: need the same number K >= 1",
-                    k,
-                    spec.means.len(),
-                    spec.covs.len()
-                ),
-            ));
+        if k == 0 {
+            return Err(err("weights".into(), "no components".into()));
         }
+        count("means".into(), spec.means.len(), k)?;
+        count("covs".into(), spec.covs.len(), k)?;
         let d = spec.means[0].len();
+        if d == 0 {
+            return Err(err("means[0]".into(), "dimension 0".into()));
+        }
         for (i, &w) in spec.weights.iter().enumerate() {
             if !w.is_finite() || w < 0.0 {
                 return Err(err(
@@ -287,32 +311,20 @@ impl GaussianMixture {
                 format!("weights sum to {total}, not 1 (tolerance {WEIGHT_SUM_TOL:e})"),
             ));
         }
-        let mut means = Array2::zeros((k, d));
-        let (mut us, mut ls) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        let mut components = Vec::with_capacity(k);
         for c in 0..k {
             let m = &spec.means[c];
-            if m.len() != d {
-                return Err(err(
-                    format!("means[{c}]"),
-                    format!(
-                        "length {} but means[0] has {d} (dimension mismatch)",
-                        m.len()
-                    ),
-                ));
-            }
+            count(format!("means[{c}]"), m.len(), d)?;
             if let Some(j) = m.iter().position(|x| !x.is_finite()) {
                 return Err(err(
                     format!("means[{c}][{j}]"),
                     format!("{} is not a finite number", m[j]),
                 ));
             }
-            means.row_mut(c).assign(&ArrayView1::from(m));
             let cov = &spec.covs[c];
-            if cov.len() != d || cov.iter().any(|r| r.len() != d) {
-                return Err(err(
-                    format!("covs[{c}]"),
-                    format!("not a {d} x {d} matrix (dimension mismatch)"),
-                ));
+            count(format!("covs[{c}]"), cov.len(), d)?;
+            for (i, row) in cov.iter().enumerate() {
+                count(format!("covs[{c}][{i}]"), row.len(), d)?;
             }
             let scale = cov.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
             for (i, row) in cov.iter().enumerate() {
@@ -350,16 +362,17 @@ impl GaussianMixture {
                     ),
                 ));
             }
-            us.push(u);
-            ls.push(l);
+            components.push(Component {
+                mean: Array1::from(m.clone()),
+                u,
+                l,
+            });
         }
         let log_w = spec.weights.iter().map(|w| w.ln()).collect();
         let active = (0..k).filter(|&c| spec.weights[c] > 0.0).collect();
         Ok(GaussianMixture {
             spec,
-            means,
-            u: us,
-            l: ls,
+            components,
             log_w,
             active,
         })
@@ -380,12 +393,15 @@ impl GaussianMixture {
     pub fn weights(&self) -> &[f64] {
         &self.spec.weights
     }
+    pub fn component(&self, k: usize) -> &Component {
+        &self.components[k]
+    }
     pub fn mean(&self, k: usize) -> ArrayView1<'_, f64> {
-        self.means.row(k)
+        self.components[k].mean.view()
     }
     /// (U_k, l_k) with Sigma_k = U_k diag(l_k) U_k^T, eigenvalues ascending.
     pub fn eigen(&self, k: usize) -> (ArrayView2<'_, f64>, ArrayView1<'_, f64>) {
-        (self.u[k].view(), self.l[k].view())
+        (self.components[k].u.view(), self.components[k].l.view())
     }
 
     fn check_level(at: &NoiseLevel) -> Result<()> {
@@ -400,62 +416,76 @@ impl GaussianMixture {
         Ok(())
     }
 
+    /// The per-component constants at this level; `ab` = (a, b) of the wanted prediction
+    /// a x0_hat + b score, or `None` for the density alone.
+    fn terms(&self, at: &NoiseLevel, ab: Option<(f64, f64)>) -> Vec<Terms> {
+        let (a2, s2) = (at.alpha * at.alpha, at.sigma * at.sigma);
+        self.active
+            .iter()
+            .map(|&k| {
+                let l = &self.components[k].l;
+                let d = l.mapv(|l| a2 * l + s2);
+                let log_norm = self.log_w[k] - 0.5 * d.iter().map(|v| v.ln()).sum::<f64>();
+                let gain = match ab {
+                    Some((a, b)) => Zip::from(l)
+                        .and(&d)
+                        .map_collect(|&l, &d| (a * at.alpha * l - b) / d),
+                    None => Array1::zeros(0),
+                };
+                Terms {
+                    k,
+                    inv_d: d.mapv(f64::recip),
+                    log_norm,
+                    gain,
+                }
+            })
+            .collect()
+    }
+
     /// For rows `x`: per row the log-sum-exp pieces (`max`, `sum`) of the component terms
-    /// ln w_k + ln N(x; alpha mu_k, U diag(D) U^T) without the -d/2 ln 2 pi, and, when `ab` is
-    /// given, `out` = sum_k e^(term_k - max) (a mu_k + U_k diag((a alpha l - b)/D) U_k^T r).
+    /// ln w_k + ln N(x; alpha mu_k, U diag(D) U^T) without the -d/2 ln 2 pi, and, with
+    /// `pred` = (a, out), out = sum_k e^(term_k - max) (a mu_k + U_k diag(gain_k) U_k^T r_k).
     fn accumulate(
         &self,
-        at: &NoiseLevel,
-        ab: Option<(f64, f64)>,
+        alpha: f64,
+        terms: &[Terms],
         x: ArrayView2<f64>,
-        mut out: ArrayViewMut2<f64>,
+        mut pred: Option<(f64, ArrayViewMut2<f64>)>,
         max: &mut [f64],
         sum: &mut [f64],
     ) {
-        let (m, d) = x.dim();
-        let (alpha, s2) = (at.alpha, at.sigma * at.sigma);
-        let mut r = Array2::<f64>::zeros((m, d));
-        let mut z = Array2::<f64>::zeros((m, d));
-        let mut w = vec![0.0; m];
+        let mut r = Array2::<f64>::zeros(x.dim());
+        let mut z = Array2::<f64>::zeros(x.dim());
+        let mut w = vec![0.0; x.nrows()];
         max.fill(f64::NEG_INFINITY);
         sum.fill(0.0);
-        out.fill(0.0);
-        for &k in &self.active {
-            let (u, l, mu) = (&self.u[k], &self.l[k], self.means.row(k));
-            let dk: Array1<f64> = l.mapv(|l| alpha * alpha * l + s2);
-            let logdet: f64 = dk.iter().map(|v| v.ln()).sum();
-            Zip::from(&mut r)
-                .and(&x)
-                .and_broadcast(&mu)
-                .for_each(|r, &x, &mu| *r = x - alpha * mu);
-            general_mat_mul(1.0, &r, u, 0.0, &mut z);
+        if let Some((_, out)) = pred.as_mut() {
+            out.fill(0.0);
+        }
+        for t in terms {
+            let comp = &self.components[t.k];
+            comp.to_eigenbasis(x, alpha, &mut r, &mut z);
             for (i, zi) in z.outer_iter().enumerate() {
-                let quad: f64 = zi.iter().zip(&dk).map(|(z, d)| z * z / d).sum();
-                let term = self.log_w[k] - 0.5 * (logdet + quad);
+                let quad: f64 = zi.iter().zip(&t.inv_d).map(|(z, g)| z * z * g).sum();
+                let term = t.log_norm - 0.5 * quad;
                 if term > max[i] {
                     let scale = (max[i] - term).exp();
-                    out.row_mut(i).mapv_inplace(|v| v * scale);
+                    if let Some((_, out)) = pred.as_mut() {
+                        out.row_mut(i).mapv_inplace(|v| v * scale);
+                    }
                     sum[i] *= scale;
                     max[i] = term;
                 }
                 w[i] = (term - max[i]).exp();
                 sum[i] += w[i];
             }
-            if let Some((a, b)) = ab {
-                let c: Array1<f64> = Zip::from(l)
-                    .and(&dk)
-                    .map_collect(|&l, &d| (a * alpha * l - b) / d);
-                z *= &c;
-                general_mat_mul(1.0, &z, &u.t(), 0.0, &mut r);
+            if let Some((a, out)) = pred.as_mut() {
+                z *= &t.gain;
+                comp.from_eigenbasis(&z, *a, r.view_mut());
                 Zip::from(out.rows_mut())
                     .and(r.rows())
                     .and(&w)
-                    .for_each(|mut o, r, &w| {
-                        Zip::from(&mut o)
-                            .and(&r)
-                            .and(&mu)
-                            .for_each(|o, &r, &mu| *o += w * (r + a * mu));
-                    });
+                    .for_each(|mut o, r, &w| o.scaled_add(w, &r));
             }
         }
     }
@@ -470,23 +500,17 @@ impl GaussianMixture {
                 x.dim()
             )));
         }
-        let c = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
         let mut out = Array1::zeros(x.nrows());
-        x.axis_chunks_iter(Axis(0), CHUNK_ROWS)
-            .into_par_iter()
-            .zip(
-                out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)
-                    .into_par_iter(),
-            )
-            .for_each(|(x, mut out)| {
-                let m = x.nrows();
-                let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
-                let mut no_prediction = Array2::zeros((m, 0));
-                self.accumulate(at, None, x, no_prediction.view_mut(), &mut max, &mut sum);
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = max[i] + sum[i].ln() + c;
-                }
-            });
+        let c = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+        let terms = self.terms(at, None);
+        par_rows(x, out.view_mut().insert_axis(Axis(1)), |x, mut out| {
+            let m = x.nrows();
+            let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
+            self.accumulate(at.alpha, &terms, x, None, &mut max, &mut sum);
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = max[i] + sum[i].ln() + c;
+            }
+        });
         Ok(out)
     }
 
@@ -506,14 +530,16 @@ impl GaussianMixture {
                 let mut rng = RowRng::new(seed, 0, i as u64);
                 let u = rng.uniform() * cum[cum.len() - 1];
                 let k = cum.iter().position(|&c| u < c).unwrap_or(cum.len() - 1);
-                let z: Vec<f64> = self.l[k]
+                let comp = &self.components[k];
+                let z: Array1<f64> = comp
+                    .l
                     .iter()
                     .map(|&l| (alpha * alpha * l + sigma * sigma).sqrt() * rng.normal())
                     .collect();
-                let y = self.u[k].dot(&Array1::from(z));
+                let y = comp.u.dot(&z);
                 Zip::from(&mut row)
                     .and(&y)
-                    .and(self.means.row(k))
+                    .and(&comp.mean)
                     .for_each(|x, &y, &mu| *x = alpha * mu + y);
             });
         x
@@ -558,7 +584,7 @@ fn self_adjoint_eigen(a: &Mat<f64>) -> std::result::Result<(Array2<f64>, Array1<
 
 impl Oracle for GaussianMixture {
     fn dim(&self) -> usize {
-        self.means.ncols()
+        self.components[0].mean.len()
     }
 
     fn native(&self) -> Prediction {
@@ -586,10 +612,12 @@ impl Oracle for GaussianMixture {
                 at.t
             )));
         }
+        let terms = self.terms(at, Some(ab));
         par_rows(x, out, |x, mut out| {
             let m = x.nrows();
             let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
-            self.accumulate(at, Some(ab), x, out.view_mut(), &mut max, &mut sum);
+            let pred = Some((ab.0, out.view_mut()));
+            self.accumulate(at.alpha, &terms, x, pred, &mut max, &mut sum);
             Zip::from(out.rows_mut())
                 .and(&ArrayView1::from(&sum))
                 .for_each(|mut o, &s| o.mapv_inplace(|v| v / s));

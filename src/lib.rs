@@ -20,6 +20,6 @@ pub mod problems;
 pub mod rng;
 
 pub use gaussian_flow::GaussianFlow;
-pub use gmm::{GaussianMixture, MixtureSpec};
+pub use gmm::{Component, GaussianMixture, MixtureSpec};
 pub use oracle::{Counted, Oracle};
 pub use prediction::Prediction;
