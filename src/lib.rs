@@ -1,7 +1,8 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Data flows one way: [`schedule`] -> [`prediction`] -> [`oracle`] (the exact [`gmm`] mixture,
-//! the closed-form [`gaussian_flow`], later networks) -> solvers -> metrics -> experiments.
+//! the closed-form [`gaussian_flow`], later networks) -> [`solver`] over a [`grid`] -> metrics ->
+//! experiments.
 
 pub mod error;
 pub mod schedule;
@@ -13,11 +14,13 @@ pub use ndarray;
 pub use schedule::{NoiseLevel, Schedule};
 pub mod gaussian_flow;
 pub mod gmm;
+pub mod grid;
 pub mod io;
 pub mod oracle;
 pub mod prediction;
 pub mod problems;
 pub mod rng;
+pub mod solver;
 
 pub use gaussian_flow::GaussianFlow;
 pub use gmm::{Component, GaussianMixture, MixtureSpec};

@@ -13,6 +13,7 @@ pub struct Spec {
     pub name: String,
     options: BTreeMap<String, String>,
     known: Vec<&'static str>,
+    taken: Vec<(&'static str, String)>,
 }
 
 impl Spec {
@@ -52,6 +53,7 @@ impl Spec {
             name: name.to_string(),
             options,
             known: Vec::new(),
+            taken: Vec::new(),
         })
     }
 
@@ -63,18 +65,70 @@ impl Spec {
         }
     }
 
-    /// Takes option `key` parsed as `T`, or `default` when absent.
-    pub fn take<T: FromStr>(&mut self, key: &'static str, default: T) -> Result<T> {
+    /// Takes option `key` parsed as `T`, or `default` when absent. The value is recorded for
+    /// [`Spec::canonical`].
+    pub fn take<T: FromStr + std::fmt::Display>(
+        &mut self,
+        key: &'static str,
+        default: T,
+    ) -> Result<T> {
         self.known.push(key);
-        match self.options.remove(key) {
-            None => Ok(default),
+        let value = match self.options.remove(key) {
+            None => default,
             Some(v) => v.parse().map_err(|_| {
                 self.error(format!(
                     "option '{key}': cannot parse '{v}' as {}",
                     std::any::type_name::<T>()
                 ))
-            }),
+            })?,
+        };
+        self.taken.push((key, value.to_string()));
+        Ok(value)
+    }
+
+    /// Takes option `key`, which must be one of `choices`.
+    pub fn take_choice(
+        &mut self,
+        key: &'static str,
+        default: &'static str,
+        choices: &[&'static str],
+    ) -> Result<&'static str> {
+        let v: String = self.take(key, default.to_string())?;
+        choices.iter().copied().find(|c| *c == v).ok_or_else(|| {
+            self.error(format!(
+                "option '{key}': '{v}' is not one of {}",
+                choices.join(", ")
+            ))
+        })
+    }
+
+    /// Takes an integer option that must lie in `lo..=hi`.
+    pub fn take_range(
+        &mut self,
+        key: &'static str,
+        default: usize,
+        lo: usize,
+        hi: usize,
+    ) -> Result<usize> {
+        let v: usize = self.take(key, default)?;
+        if v < lo || v > hi {
+            return Err(self.error(format!("option '{key}': {v} is not in {lo}..={hi}")));
         }
+        Ok(v)
+    }
+
+    /// `name:key=value,...` with every option taken so far, defaults included, in the order taken.
+    pub fn canonical(&self) -> String {
+        if self.taken.is_empty() {
+            return self.name.clone();
+        }
+        let opts: Vec<String> = self.taken.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{}:{}", self.name, opts.join(","))
+    }
+
+    /// Every option taken so far with its value, defaults included.
+    pub fn options(&self) -> &[(&'static str, String)] {
+        &self.taken
     }
 
     /// Takes a finite floating-point option.
@@ -87,7 +141,7 @@ impl Spec {
     }
 
     /// Ends parsing: an option nobody took is an error naming the valid ones.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(&self) -> Result<()> {
         if let Some(k) = self.options.keys().next() {
             let valid = if self.known.is_empty() {
                 "none".to_string()

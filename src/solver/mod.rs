@@ -1,0 +1,222 @@
+//! Deterministic samplers for the probability-flow ODE, generic over the oracle.
+//!
+//! One driver, [`integrate`], walks the time grid; a [`Solver`] performs one step at a time and
+//! keeps its own multistep history. Every model evaluation goes through the oracle, so wrapping
+//! it in [`crate::Counted`] gives the exact NFE and the ordered list of noise levels.
+//!
+//! The registry [`SOLVERS`] maps CLI names to builders; adding a solver is one file plus one
+//! line there, and the line enrolls it in the convergence tests (`tests/solvers.rs`) through
+//! its `variants`.
+//!
+//! Conventions shared by the exponential-integrator family (ddim, dpm-solver, dpm-solver++,
+//! dpm-adaptive, unipc): h = lambda_t - lambda_s > 0; "data" prediction is x0, "noise" is eps;
+//! a step that ends at sigma = 0 (lambda = +inf) is the first-order limit x_t = alpha_t x0_hat(x_s),
+//! one evaluation (k-diffusion's "denoise" on the final step, diffusers' `final_sigmas_type="zero"`).
+
+use crate::error::{Error, Result};
+use crate::gmm::GaussianMixture;
+use crate::grid::Grid;
+use crate::oracle::Oracle;
+use crate::prediction::Prediction;
+use crate::schedule::{NoiseLevel, Schedule};
+use crate::spec::Spec;
+use ndarray::{Array2, ArrayView2, Zip};
+
+pub mod adams;
+pub mod ddim;
+pub mod dop853;
+pub mod dpm_adaptive;
+pub mod dpm_solver;
+pub mod exact;
+pub mod expint;
+pub mod reference;
+pub mod runge_kutta;
+pub mod unipc;
+
+/// The model a solver sees: an oracle under a schedule.
+#[derive(Clone, Copy)]
+pub struct Model<'a> {
+    pub oracle: &'a dyn Oracle,
+    pub schedule: &'a dyn Schedule,
+}
+
+impl<'a> Model<'a> {
+    pub fn new(oracle: &'a dyn Oracle, schedule: &'a dyn Schedule) -> Self {
+        Model { oracle, schedule }
+    }
+
+    pub fn level(&self, t: f64) -> NoiseLevel {
+        self.schedule.level(t)
+    }
+
+    pub fn lambda(&self, t: f64) -> f64 {
+        self.schedule.lambda(t)
+    }
+
+    /// One evaluation: the prediction `kind` at the rows of `x` at time t.
+    pub fn eval(&self, kind: Prediction, x: &Array2<f64>, t: f64) -> Result<Array2<f64>> {
+        let mut out = Array2::zeros(x.dim());
+        self.oracle
+            .predict(kind, x.view(), &self.level(t), out.view_mut())?;
+        if out.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Domain(format!(
+                "the model returned a non-finite {kind} prediction at t = {t}"
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// A one-step or multistep method. A solver is built for one run: [`Solver::plan`] is called once,
+/// then [`Solver::step`] for i = 0..times.len()-1 in order.
+pub trait Solver {
+    /// The theoretical order of convergence (global error O(h^order)).
+    fn order(&self) -> usize;
+    /// Evaluations per step in the steady state.
+    fn nfe_per_step(&self) -> usize;
+    /// The exact number of evaluations on this grid; `None` for adaptive methods.
+    fn nfe(&self, grid: &Grid, schedule: &dyn Schedule) -> Option<usize>;
+    /// The times the driver walks. The default is the grid itself; singlestep DPM-Solver-fast
+    /// reads the grid as an NFE budget, adaptive methods walk only the end points.
+    fn plan(&mut self, grid: &Grid, _schedule: &dyn Schedule) -> Result<Vec<f64>> {
+        Ok(grid.times.clone())
+    }
+    /// Advances `x` from `times[i]` to `times[i + 1]`.
+    fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()>;
+}
+
+/// Runs `solver` over `grid` from `x` (the points at `grid.times[0]`); returns the points at the
+/// grid's last time.
+pub fn integrate(
+    solver: &mut dyn Solver,
+    model: &Model,
+    grid: &Grid,
+    x: ArrayView2<f64>,
+) -> Result<Array2<f64>> {
+    if x.ncols() != model.oracle.dim() {
+        return Err(Error::Dimension(format!(
+            "the problem has dimension {} but the initial points have {} columns",
+            model.oracle.dim(),
+            x.ncols()
+        )));
+    }
+    let times = solver.plan(grid, model.schedule)?;
+    let mut x = x.to_owned();
+    for i in 0..times.len() - 1 {
+        solver.step(model, &times, i, &mut x)?;
+    }
+    Ok(x)
+}
+
+/// sum_k c_k a_k.
+pub fn lincomb(terms: &[(f64, &Array2<f64>)]) -> Array2<f64> {
+    let mut out = terms[0].1 * terms[0].0;
+    for &(c, a) in &terms[1..] {
+        if c != 0.0 {
+            Zip::from(&mut out).and(a).for_each(|o, &v| *o += c * v);
+        }
+    }
+    out
+}
+
+/// What a builder may use besides its options: the schedule, and the problem when it is a
+/// Gaussian mixture (only `exact` needs it).
+pub struct Env<'a> {
+    pub schedule: &'a dyn Schedule,
+    pub mixture: Option<&'a GaussianMixture>,
+}
+
+/// A registered solver.
+pub struct Entry {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub build: fn(&mut Spec, &Env) -> Result<Box<dyn Solver>>,
+    /// (options, grid kind) pairs enrolled in the convergence tests; the test checks the measured
+    /// order against [`Solver::order`] of each.
+    pub variants: &'static [(&'static str, &'static str)],
+}
+
+/// Every solver, by CLI name.
+pub const SOLVERS: &[Entry] = &[
+    runge_kutta::EULER,
+    runge_kutta::HEUN,
+    runge_kutta::RK4,
+    runge_kutta::DPM2,
+    ddim::ENTRY,
+    dpm_solver::DPM_SOLVER,
+    dpm_solver::DPM_SOLVER_PP,
+    dpm_adaptive::ENTRY,
+    adams::DEIS,
+    adams::LMS,
+    adams::IPNDM,
+    unipc::ENTRY,
+    reference::ENTRY,
+    exact::ENTRY,
+];
+
+/// A solver built from its spec, with the canonical spec (every option, defaults included).
+pub struct Built {
+    pub solver: Box<dyn Solver>,
+    pub spec: String,
+    pub options: Vec<(&'static str, String)>,
+}
+
+/// Builds a solver from `name[:key=value,...]`.
+pub fn build(text: &str, env: &Env) -> Result<Built> {
+    let mut spec = Spec::parse("solver", text)?;
+    let entry = SOLVERS
+        .iter()
+        .find(|e| e.name == spec.name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = SOLVERS.iter().map(|e| e.name).collect();
+            spec.error(format!(
+                "unknown solver '{}' (valid: {})",
+                spec.name,
+                names.join(", ")
+            ))
+        })?;
+    let solver = (entry.build)(&mut spec, env)?;
+    spec.finish()?;
+    Ok(Built {
+        solver,
+        spec: spec.canonical(),
+        options: spec.options().to_vec(),
+    })
+}
+
+/// `lower_order_final` and the multistep warm-up, shared by the multistep solvers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Multistep {
+    pub order: usize,
+    pub lower_order_final: bool,
+    /// Warm-up by singlestep steps of full order instead of lower-order multistep steps.
+    pub singlestep_warmup: bool,
+}
+
+impl Multistep {
+    pub fn parse(
+        spec: &mut Spec,
+        order: usize,
+        lower_order_final: bool,
+        warmup_choice: bool,
+    ) -> Result<Self> {
+        let lower_order_final = spec.take("lower_order_final", lower_order_final)?;
+        let singlestep_warmup = warmup_choice
+            && spec.take_choice("warmup", "lower", &["lower", "singlestep"])? == "singlestep";
+        Ok(Multistep {
+            order,
+            lower_order_final,
+            singlestep_warmup,
+        })
+    }
+
+    /// The order of step i of n when the history holds `available` values: the warm-up uses what
+    /// is available; with `lower_order_final` the last steps use min(order, n - i).
+    pub fn step_order(&self, i: usize, n: usize, available: usize) -> usize {
+        let mut k = self.order.min(available);
+        if self.lower_order_final {
+            k = k.min(n - i);
+        }
+        k.max(1)
+    }
+}
