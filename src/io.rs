@@ -44,3 +44,31 @@ pub fn git_revision() -> String {
         None => "unknown".into(),
     }
 }
+
+/// Reads an (N, d) float64 `.npy` file; a one-line error names the file and what is wrong.
+pub fn read_npy(path: impl AsRef<Path>) -> Result<ndarray::Array2<f64>> {
+    let path = path.as_ref();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let x: ndarray::Array2<f64> = ndarray_npy::ReadNpyExt::read_npy(file).map_err(|e| {
+        Error::invalid(
+            path.display().to_string(),
+            None,
+            format!("expected a 2-D float64 .npy array: {e}"),
+        )
+    })?;
+    if let Some((i, v)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::invalid(
+            path.display().to_string(),
+            None,
+            format!("entry {i} (row {}) is {v}", i / x.ncols().max(1)),
+        ));
+    }
+    Ok(x)
+}
+
+/// Writes an array as `.npy`, atomically.
+pub fn write_npy(path: impl AsRef<Path>, x: &ndarray::Array2<f64>) -> Result<()> {
+    let mut bytes = Vec::new();
+    ndarray_npy::WriteNpyExt::write_npy(x, &mut bytes).map_err(|e| Error::io(path.as_ref(), e))?;
+    write_atomic(path, &bytes)
+}
