@@ -142,3 +142,161 @@ fn every_registered_solver_converges_at_its_declared_order_with_exact_nfe() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn first_order_methods_are_one_method() {
+    // DDIM = DPM-Solver-1 = DPM-Solver++-1 = UniP-1 = DEIS-1 = LMS-1 = iPNDM-1 (exponential Euler).
+    let same = [
+        "dpm-solver:order=1",
+        "dpm-solver++:order=1",
+        "unipc:order=1,corrector=none",
+        "unipc:order=1,corrector=none,prediction=noise",
+        "deis:order=1",
+        "deis:order=1,variant=rhoab",
+        "lms:order=1",
+        "ipndm:order=1",
+        "dpm-solver:order=1,method=singlestep",
+        "dpm-solver++:order=1,method=singlestep-fixed",
+    ];
+    let mut worst = 0.0f64;
+    for problem in ["ring2d", "gauss4"] {
+        let mixture = problems::load(problem).unwrap();
+        for (sname, t0, t1) in SCHEDULES {
+            let s = schedule::parse(sname).unwrap();
+            let x0 = mixture.sample_pt(16, &s.level(t0), 3);
+            for kind in ["logsnr", "karras", "time-uniform"] {
+                let g = grid_spec(kind, 10, s.as_ref(), t0, t1);
+                let ddim = run(&mixture, s.as_ref(), "ddim", &g, &x0);
+                assert_eq!(ddim.nfe, 10);
+                let scale = ddim.x.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                for spec in same {
+                    let r = run(&mixture, s.as_ref(), spec, &g, &x0);
+                    let d = max_abs(&r.x, &ddim.x) / scale;
+                    worst = worst.max(d);
+                    assert!(
+                        d < 1e-12,
+                        "{spec} vs ddim on {problem}/{sname}/{kind}: {d:e}"
+                    );
+                    assert_eq!(r.nfe, 10, "{spec}");
+                }
+            }
+        }
+    }
+    println!("first-order identities: max relative difference {worst:.1e}");
+}
+
+#[test]
+fn official_warmup_caps_multistep_order_three_at_two() {
+    // Started at t = 0.3 on vp-linear, where the trajectory bends, the first-order first step of
+    // the official warm-up shows: third-order multistep converges at order 2 with `warmup=lower`
+    // and at order 3 with `warmup=singlestep`. The official third-order update itself is second
+    // order (`third_order=official`).
+    let mixture = problems::load("gauss4").unwrap();
+    let s = schedule::parse("vp-linear").unwrap();
+    let (t0, t1) = (0.3, 1e-3);
+    let x0 = mixture.sample_pt(32, &s.level(t0), 11);
+    let truth = exact(&mixture, s.as_ref(), t0, t1, &x0);
+    let ns: Vec<usize> = (0..7).map(|k| 12 * (1 << k) - 1).collect();
+    let order = |spec: &str| {
+        let errs: Vec<f64> = ns
+            .iter()
+            .map(|&n| {
+                max_abs(
+                    &run(
+                        &mixture,
+                        s.as_ref(),
+                        spec,
+                        &grid_spec("logsnr", n, s.as_ref(), t0, t1),
+                        &x0,
+                    )
+                    .x,
+                    &truth,
+                )
+            })
+            .collect();
+        order_of(&ns, &errs)
+    };
+    let lower = order("dpm-solver++:order=3,method=multistep,third_order=taylor,warmup=lower");
+    let single =
+        order("dpm-solver++:order=3,method=multistep,third_order=taylor,warmup=singlestep");
+    let official = order("dpm-solver++:order=3,method=multistep,warmup=singlestep");
+    println!("order 3 multistep from t = 0.3: warmup=lower {lower:.2}, warmup=singlestep {single:.2}, official update {official:.2}");
+    assert!((lower - 2.0).abs() < 0.2, "{lower}");
+    assert!((single - 3.0).abs() < 0.2, "{single}");
+    assert!((official - 2.0).abs() < 0.2, "{official}");
+}
+
+#[test]
+fn nfe_is_exact() {
+    let mixture = problems::load("gauss4").unwrap();
+    let s = schedule::parse("edm").unwrap();
+    let x0 = mixture.sample_pt(4, &s.level(80.0), 1);
+    let zero = "karras:steps=12,sigma_min=0.002,sigma_max=80,rho=7,zero=true";
+    let plain = "logsnr:steps=12,t_start=80,t_end=0.002";
+    for (spec, grid, nfe) in [
+        ("euler", zero, 12),
+        ("heun", zero, 23),
+        ("heun", plain, 24),
+        ("rk4", plain, 48),
+        ("dpm2", zero, 23),
+        ("dpm-solver++:order=2,method=multistep", zero, 12),
+        (
+            "dpm-solver++:order=3,method=multistep,warmup=singlestep",
+            plain,
+            16,
+        ),
+        ("dpm-solver++:order=2,method=singlestep-fixed", zero, 23),
+        ("dpm-solver:order=3,method=singlestep-fixed", plain, 36),
+        ("dpm-solver:order=3,method=singlestep", plain, 12),
+        (
+            "dpm-solver:order=3,method=singlestep",
+            "logsnr:steps=13,t_start=80,t_end=0.002",
+            13,
+        ),
+        ("unipc:order=3", zero, 12),
+        ("lms:order=4", zero, 12),
+        ("exact", plain, 0),
+    ] {
+        let r = run(&mixture, s.as_ref(), spec, grid, &x0);
+        assert_eq!(
+            (r.nfe, r.expected_nfe),
+            (nfe, Some(nfe)),
+            "{spec} on {grid}"
+        );
+    }
+}
+
+#[test]
+fn every_solver_takes_the_final_step_to_sigma_zero() {
+    // A karras grid with zero=true ends at sigma = 0 (lambda = +inf) on edm, vp-linear and flow.
+    // Every solver returns finite values there, and doubling the steps (24 -> 48) shrinks the error
+    // against the exact flow by at least 1.8x.
+    let mixture = problems::load("gauss4").unwrap();
+    for (sname, t0, _) in SCHEDULES {
+        let s = schedule::parse(sname).unwrap();
+        let rho0 = s.sigma(t0) / s.alpha(t0);
+        let spec =
+            |n: usize| format!("karras:steps={n},sigma_min=0.002,sigma_max={rho0},zero=true");
+        let grid = Grid::parse(&spec(24), s.as_ref()).unwrap();
+        let (ts, te) = (grid.times[0], *grid.times.last().unwrap());
+        assert_eq!(s.sigma(te), 0.0);
+        let x0 = mixture.sample_pt(16, &s.level(ts), 5);
+        let truth = exact(&mixture, s.as_ref(), ts, te, &x0);
+        for entry in SOLVERS.iter().filter(|e| e.name != "dpm-adaptive") {
+            let e: Vec<f64> = [24, 48]
+                .iter()
+                .map(|&n| {
+                    max_abs(
+                        &run(&mixture, s.as_ref(), entry.name, &spec(n), &x0).x,
+                        &truth,
+                    )
+                })
+                .collect();
+            assert!(
+                e[1].is_finite() && (e[1] < e[0] / 1.8 || e[1] < 1e-11),
+                "{} on {sname}: {e:?}",
+                entry.name
+            );
+        }
+    }
+}
