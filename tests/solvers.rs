@@ -300,3 +300,34 @@ fn every_solver_takes_the_final_step_to_sigma_zero() {
         }
     }
 }
+
+#[test]
+fn dpm_adaptive_meets_tighter_tolerances_with_more_evaluations() {
+    let mixture = problems::load("gauss4").unwrap();
+    for (sname, t0, t1) in SCHEDULES {
+        let s = schedule::parse(sname).unwrap();
+        let x0 = mixture.sample_pt(16, &s.level(t0), 9);
+        let truth = exact(&mixture, s.as_ref(), t0, t1, &x0);
+        let g = grid_spec("logsnr", 1, s.as_ref(), t0, t1);
+        for ctl in ["official", "pid"] {
+            for order in [2, 3] {
+                let mut last = (f64::INFINITY, 0);
+                for tol in [1e-3, 1e-5, 1e-7] {
+                    let spec = format!(
+                        "dpm-adaptive:order={order},controller={ctl},rtol={tol},atol={tol}"
+                    );
+                    let r = run(&mixture, s.as_ref(), &spec, &g, &x0);
+                    let e = max_abs(&r.x, &truth);
+                    println!("{spec} on {sname}: error {e:.2e}, nfe {}", r.nfe);
+                    assert_eq!(r.nfe % order, 0);
+                    assert!(
+                        e < last.0 && r.nfe > last.1,
+                        "{spec} on {sname}: {e:e} after {last:?}"
+                    );
+                    assert!(e < 20.0 * tol, "{spec} on {sname}: {e:e}");
+                    last = (e, r.nfe);
+                }
+            }
+        }
+    }
+}
