@@ -331,3 +331,27 @@ fn dpm_adaptive_meets_tighter_tolerances_with_more_evaluations() {
         }
     }
 }
+
+#[test]
+fn reference_matches_the_closed_form() {
+    let mixture = problems::load("gauss4").unwrap();
+    for (sname, t0, t1) in SCHEDULES {
+        let s = schedule::parse(sname).unwrap();
+        let x0 = mixture.sample_pt(32, &s.level(t0), 13);
+        let truth = exact(&mixture, s.as_ref(), t0, t1, &x0);
+        let g = grid_spec("logsnr", 4, s.as_ref(), t0, t1);
+        let r = run(&mixture, s.as_ref(), "reference", &g, &x0);
+        let e = max_abs(&r.x, &truth);
+        println!("reference on {sname}: max error {e:.1e}, nfe {}", r.nfe);
+        assert!(e < 1e-11, "{sname}: {e:e}");
+        // Down to sigma = 0 (the last step in sigma/alpha).
+        let rho0 = s.sigma(t0) / s.alpha(t0);
+        let g = format!("karras:steps=4,sigma_min=0.01,sigma_max={rho0},zero=true");
+        let grid = Grid::parse(&g, s.as_ref()).unwrap();
+        let te = *grid.times.last().unwrap();
+        let truth = exact(&mixture, s.as_ref(), grid.times[0], te, &x0);
+        let e = max_abs(&run(&mixture, s.as_ref(), "reference", &g, &x0).x, &truth);
+        println!("reference to sigma = 0 on {sname}: max error {e:.1e}");
+        assert!(e < 1e-11, "{sname} to sigma = 0: {e:e}");
+    }
+}
