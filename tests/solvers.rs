@@ -355,3 +355,27 @@ fn reference_matches_the_closed_form() {
         assert!(e < 1e-11, "{sname} to sigma = 0: {e:e}");
     }
 }
+
+#[test]
+fn a_file_grid_is_the_grid_it_lists() {
+    let s = schedule::parse("vp-linear").unwrap();
+    let g = Grid::parse("logsnr:steps=7", s.as_ref()).unwrap();
+    let path = std::env::temp_dir().join(format!("pfode-grid-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_string(&g.times).unwrap()).unwrap();
+    let f = Grid::parse(&format!("file:{}", path.display()), s.as_ref()).unwrap();
+    assert_eq!(f.times, g.times);
+    assert_eq!(f.kind, pfode::grid::Kind::File);
+    // Singlestep inner points on a file grid are uniform in lambda, as on a logsnr grid.
+    let mixture = problems::load("ring2d").unwrap();
+    let x0 = mixture.sample_pt(8, &s.level(1.0), 2);
+    let spec = "dpm-solver++:order=3,method=singlestep-fixed";
+    let a = run(&mixture, s.as_ref(), spec, "logsnr:steps=7", &x0);
+    let b = run(&mixture, s.as_ref(), spec, &format!("file:{}", path.display()), &x0);
+    assert!(max_abs(&a.x, &b.x) < 1e-13);
+    for bad in ["[1.0]", "[1.0, 0.5, 0.5]", "[2.0, 0.5]", "{\"times\": 1}", "[1.0, NaN]"] {
+        std::fs::write(&path, bad).unwrap();
+        let e = Grid::parse(&format!("file:{}", path.display()), s.as_ref()).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+    let _ = std::fs::remove_file(&path);
+}
