@@ -370,11 +370,25 @@ fn a_file_grid_is_the_grid_it_lists() {
     let x0 = mixture.sample_pt(8, &s.level(1.0), 2);
     let spec = "dpm-solver++:order=3,method=singlestep-fixed";
     let a = run(&mixture, s.as_ref(), spec, "logsnr:steps=7", &x0);
-    let b = run(&mixture, s.as_ref(), spec, &format!("file:{}", path.display()), &x0);
+    let b = run(
+        &mixture,
+        s.as_ref(),
+        spec,
+        &format!("file:{}", path.display()),
+        &x0,
+    );
     assert!(max_abs(&a.x, &b.x) < 1e-13);
-    for bad in ["[1.0]", "[1.0, 0.5, 0.5]", "[2.0, 0.5]", "{\"times\": 1}", "[1.0, NaN]"] {
+    for bad in [
+        "[1.0]",
+        "[1.0, 0.5, 0.5]",
+        "[2.0, 0.5]",
+        "{\"times\": 1}",
+        "[1.0, NaN]",
+    ] {
         std::fs::write(&path, bad).unwrap();
-        let e = Grid::parse(&format!("file:{}", path.display()), s.as_ref()).unwrap_err().to_string();
+        let e = Grid::parse(&format!("file:{}", path.display()), s.as_ref())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&path.display().to_string()), "{e}");
     }
     let _ = std::fs::remove_file(&path);

@@ -29,6 +29,7 @@ pub mod dpm_adaptive;
 pub mod dpm_solver;
 pub mod exact;
 pub mod expint;
+pub mod quadrature;
 pub mod reference;
 pub mod runge_kutta;
 pub mod unipc;
