@@ -95,7 +95,7 @@ fn build(spec: &mut Spec, p: Param) -> Result<Box<dyn Solver>> {
     };
     let multistep = method == Method::Multistep;
     let ms = if multistep {
-        Multistep::parse(spec, order, true, true)?
+        Multistep::parse(spec, order, true)?
     } else {
         Multistep {
             order,
@@ -188,10 +188,7 @@ impl Solver for DpmSolver {
         let to_zero = schedule.sigma(*grid.times.last().unwrap()) == 0.0;
         let k = self.ms.order;
         Some(match self.method {
-            Method::Multistep if self.ms.singlestep_warmup => {
-                n + (k - 1) * (k - 1).min(n - usize::from(to_zero))
-            }
-            Method::Multistep => n,
+            Method::Multistep => n + self.ms.warmup_extra(n, to_zero, k),
             Method::SinglestepFixed => k * n - if to_zero { k - 1 } else { 0 },
             Method::Singlestep => {
                 let o = fast_orders(n, k);
@@ -257,7 +254,7 @@ impl Solver for DpmSolver {
         let mut m_t = None;
         *x = if to_zero {
             expint::denoise(model, self.p, s, t, x, &self.hist.back(0).2)
-        } else if ms.singlestep_warmup && i + 1 < ms.order {
+        } else if ms.singlestep_at(i, false) {
             let r = grid.inner(model.schedule, s, t, ms.order);
             let mut cache = vec![self.hist.back(0).2.clone()];
             expint::singlestep(model, self.p, self.ty, ms.order, s, t, &r, x, &mut cache)?

@@ -209,6 +209,32 @@ pub fn singlestep(
     })
 }
 
+/// A singlestep warm-up step for a multistep method of order k: singlestep DPM-Solver-min(k, 3)
+/// (`dpmsolver` type, inner points uniform in lambda) from the model value `m_s` at s.
+pub fn warmup(
+    model: &Model,
+    p: Param,
+    k: usize,
+    s: f64,
+    t: f64,
+    x: &Array2<f64>,
+    m_s: &Array2<f64>,
+) -> Result<Array2<f64>> {
+    let k = k.min(3);
+    let r: Vec<f64> = (1..k).map(|j| j as f64 / k as f64).collect();
+    singlestep(
+        model,
+        p,
+        Type::DpmSolver,
+        k,
+        s,
+        t,
+        &r,
+        x,
+        &mut vec![m_s.clone()],
+    )
+}
+
 /// The model history of a multistep method: (t, lambda, model value), newest last.
 #[derive(Debug, Default)]
 pub struct History {

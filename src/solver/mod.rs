@@ -195,20 +195,30 @@ pub struct Multistep {
 }
 
 impl Multistep {
-    pub fn parse(
-        spec: &mut Spec,
-        order: usize,
-        lower_order_final: bool,
-        warmup_choice: bool,
-    ) -> Result<Self> {
+    pub fn parse(spec: &mut Spec, order: usize, lower_order_final: bool) -> Result<Self> {
         let lower_order_final = spec.take("lower_order_final", lower_order_final)?;
-        let singlestep_warmup = warmup_choice
-            && spec.take_choice("warmup", "lower", &["lower", "singlestep"])? == "singlestep";
+        let singlestep_warmup =
+            spec.take_choice("warmup", "lower", &["lower", "singlestep"])? == "singlestep";
         Ok(Multistep {
             order,
             lower_order_final,
             singlestep_warmup,
         })
+    }
+
+    /// Whether step i is a singlestep warm-up step (`warmup=singlestep`, i < order - 1, not a step
+    /// to sigma = 0).
+    pub fn singlestep_at(&self, i: usize, to_zero: bool) -> bool {
+        self.singlestep_warmup && i + 1 < self.order && !to_zero
+    }
+
+    /// Extra evaluations of the singlestep warm-up with `stages` evaluations per step on a grid
+    /// of n steps.
+    pub fn warmup_extra(&self, n: usize, to_zero: bool, stages: usize) -> usize {
+        if !self.singlestep_warmup {
+            return 0;
+        }
+        (stages - 1) * (self.order - 1).min(n - usize::from(to_zero))
     }
 
     /// The order of step i of n when the history holds `available` values: the warm-up uses what

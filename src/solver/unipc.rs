@@ -18,7 +18,8 @@
 //! 4.4 as the error ratios per doubling). The order tests therefore enroll
 //! `lower_order_final=false`.
 //! Options: `order` 1-3 (default 3), `variant`, `prediction`, `lower_order_final`,
-//! `corrector` = `unic` | `none` (none: UniP alone).
+//! `warmup` = `lower` (official) | `singlestep` (singlestep DPM-Solver-`order` for the first
+//! order - 1 steps, without corrector), `corrector` = `unic` | `none` (none: UniP alone).
 //!
 //! The step to sigma = 0 is the first-order denoising step x_t = alpha_t x0_hat(x_s).
 
@@ -47,7 +48,7 @@ pub const ENTRY: Entry = Entry {
             _ => Variant::Bh2,
         };
         let p = Param::parse(spec.take_choice("prediction", "data", &["data", "noise"])?).unwrap();
-        let ms = Multistep::parse(spec, order, true, false)?;
+        let ms = Multistep::parse(spec, order, true)?;
         let corrector = spec.take_choice("corrector", "unic", &["unic", "none"])? == "unic";
         Ok(Box::new(Unipc {
             p,
@@ -67,6 +68,10 @@ pub const ENTRY: Entry = Entry {
             "logsnr",
         ),
         ("order=3,variant=bh2,lower_order_final=false", "karras"),
+        (
+            "order=3,lower_order_final=false,warmup=singlestep",
+            "karras",
+        ),
         ("order=2,lower_order_final=false,corrector=none", "logsnr"),
     ],
 };
@@ -78,8 +83,14 @@ impl Solver for Unipc {
     fn nfe_per_step(&self) -> usize {
         1
     }
-    fn nfe(&self, grid: &Grid, _: &dyn Schedule) -> Option<usize> {
-        Some(grid.steps())
+    fn nfe(&self, grid: &Grid, schedule: &dyn Schedule) -> Option<usize> {
+        let to_zero = schedule.sigma(*grid.times.last().unwrap()) == 0.0;
+        Some(
+            grid.steps()
+                + self
+                    .ms
+                    .warmup_extra(grid.steps(), to_zero, self.ms.order.min(3)),
+        )
     }
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (s, t) = (times[i], times[i + 1]);
@@ -92,6 +103,14 @@ impl Solver for Unipc {
         let last = i + 1 == n;
         if model.level(t).sigma == 0.0 {
             *x = expint::denoise(model, self.p, s, t, x, &self.hist.back(0).2);
+            return Ok(());
+        }
+        if self.ms.singlestep_at(i, false) {
+            *x = expint::warmup(model, self.p, self.ms.order, s, t, x, &self.hist.back(0).2)?;
+            if !last {
+                let m = model.eval(kind, x, t)?;
+                self.hist.push(t, model.lambda(t), m);
+            }
             return Ok(());
         }
         let k = self.ms.step_order(i, n, self.hist.len());
