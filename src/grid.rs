@@ -248,6 +248,11 @@ impl Grid {
         Ok(())
     }
 
+    /// Whether the last point has sigma = 0 (lambda = +inf).
+    pub fn ends_at_zero(&self, schedule: &dyn Schedule) -> bool {
+        schedule.sigma(*self.times.last().unwrap()) == 0.0
+    }
+
     /// The number of steps (points - 1).
     pub fn steps(&self) -> usize {
         self.times.len() - 1

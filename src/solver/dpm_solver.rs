@@ -185,10 +185,10 @@ impl Solver for DpmSolver {
 
     fn nfe(&self, grid: &Grid, schedule: &dyn Schedule) -> Option<usize> {
         let n = grid.steps();
-        let to_zero = schedule.sigma(*grid.times.last().unwrap()) == 0.0;
+        let to_zero = grid.ends_at_zero(schedule);
         let k = self.ms.order;
         Some(match self.method {
-            Method::Multistep => n + self.ms.warmup_extra(n, to_zero, k),
+            Method::Multistep => self.ms.nfe(grid, schedule, k),
             Method::SinglestepFixed => k * n - if to_zero { k - 1 } else { 0 },
             Method::Singlestep => {
                 let o = fast_orders(n, k);

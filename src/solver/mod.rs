@@ -212,13 +212,15 @@ impl Multistep {
         self.singlestep_warmup && i + 1 < self.order && !to_zero
     }
 
-    /// Extra evaluations of the singlestep warm-up with `stages` evaluations per step on a grid
-    /// of n steps.
-    pub fn warmup_extra(&self, n: usize, to_zero: bool, stages: usize) -> usize {
+    /// The evaluations of a one-evaluation-per-step method on `grid` whose singlestep warm-up
+    /// steps take `stages` evaluations.
+    pub fn nfe(&self, grid: &Grid, schedule: &dyn Schedule, stages: usize) -> usize {
+        let n = grid.steps();
         if !self.singlestep_warmup {
-            return 0;
+            return n;
         }
-        (stages - 1) * (self.order - 1).min(n - usize::from(to_zero))
+        let warm = (self.order - 1).min(n - usize::from(grid.ends_at_zero(schedule)));
+        n + (stages - 1) * warm
     }
 
     /// The order of step i of n when the history holds `available` values: the warm-up uses what

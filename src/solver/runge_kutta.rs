@@ -56,10 +56,6 @@ pub const RK4_TABLEAU: Tableau = Tableau {
 
 pub struct RungeKutta(&'static Tableau);
 
-fn to_zero(schedule: &dyn Schedule, grid: &Grid) -> bool {
-    schedule.sigma(*grid.times.last().unwrap()) == 0.0
-}
-
 impl Solver for RungeKutta {
     fn order(&self) -> usize {
         self.0.order
@@ -69,7 +65,7 @@ impl Solver for RungeKutta {
     }
     fn nfe(&self, grid: &Grid, schedule: &dyn Schedule) -> Option<usize> {
         let k = self.0.b.len();
-        let saved = if self.0.euler_to_zero && to_zero(schedule, grid) {
+        let saved = if self.0.euler_to_zero && grid.ends_at_zero(schedule) {
             k - 1
         } else {
             0
@@ -138,7 +134,7 @@ impl Solver for Dpm2 {
         2
     }
     fn nfe(&self, grid: &Grid, schedule: &dyn Schedule) -> Option<usize> {
-        Some(2 * grid.steps() - usize::from(to_zero(schedule, grid)))
+        Some(2 * grid.steps() - usize::from(grid.ends_at_zero(schedule)))
     }
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (a, b) = (model.level(times[i]), model.level(times[i + 1]));

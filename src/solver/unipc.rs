@@ -84,13 +84,7 @@ impl Solver for Unipc {
         1
     }
     fn nfe(&self, grid: &Grid, schedule: &dyn Schedule) -> Option<usize> {
-        let to_zero = schedule.sigma(*grid.times.last().unwrap()) == 0.0;
-        Some(
-            grid.steps()
-                + self
-                    .ms
-                    .warmup_extra(grid.steps(), to_zero, self.ms.order.min(3)),
-        )
+        Some(self.ms.nfe(grid, schedule, self.ms.order.min(3)))
     }
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (s, t) = (times[i], times[i + 1]);
