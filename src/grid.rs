@@ -223,6 +223,18 @@ impl Grid {
         Ok(grid)
     }
 
+    /// A grid through the given strictly decreasing times (checked against the schedule);
+    /// `label` names it in error messages and in its spec.
+    pub fn explicit(times: Vec<f64>, label: &str, schedule: &dyn Schedule) -> Result<Grid> {
+        let grid = Grid {
+            kind: Kind::File,
+            times,
+            spec: format!("explicit:{label}"),
+        };
+        grid.check(schedule, label)?;
+        Ok(grid)
+    }
+
     fn check(&self, schedule: &dyn Schedule, source: &str) -> Result<()> {
         let bad = |reason: String| Error::invalid(source, Some("times".to_string()), reason);
         if self.times.len() < 2 {

@@ -15,6 +15,7 @@ pub use schedule::{NoiseLevel, Schedule};
 pub mod gaussian_flow;
 pub mod gmm;
 pub mod grid;
+pub mod metrics;
 pub mod io;
 pub mod oracle;
 pub mod prediction;

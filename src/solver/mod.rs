@@ -109,6 +109,24 @@ pub fn integrate(
     Ok(x)
 }
 
+/// Like [`integrate`], but returns the points at every time of the solver's plan (for fixed-grid
+/// solvers, the grid) together with those times.
+pub fn trajectory(
+    solver: &mut dyn Solver,
+    model: &Model,
+    grid: &Grid,
+    x: ArrayView2<f64>,
+) -> Result<(Vec<f64>, Vec<Array2<f64>>)> {
+    let times = solver.plan(grid, model.schedule)?;
+    let mut states = vec![x.to_owned()];
+    for i in 0..times.len() - 1 {
+        let mut next = states[i].clone();
+        solver.step(model, &times, i, &mut next)?;
+        states.push(next);
+    }
+    Ok((times, states))
+}
+
 /// sum_k c_k a_k.
 pub fn lincomb(terms: &[(f64, &Array2<f64>)]) -> Array2<f64> {
     let mut out = terms[0].1 * terms[0].0;

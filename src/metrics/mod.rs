@@ -1,0 +1,11 @@
+//! Measurement: errors against ground truth, empirical orders, exact Gaussian laws and
+//! distances between distributions. Nothing here depends on the experiments that use it.
+
+pub mod assignment;
+pub mod distribution;
+pub mod law;
+pub mod order;
+
+pub use distribution::Estimate;
+pub use law::GaussianLaw;
+pub use order::{empirical_order, fit_line, sample_error, LineFit, OrderFit, SampleError};
