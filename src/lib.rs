@@ -7,6 +7,7 @@
 pub mod error;
 pub mod schedule;
 pub mod spec;
+pub mod study;
 
 pub use error::{Error, Result};
 /// The ndarray version pfode is built with, re-exported for callers.

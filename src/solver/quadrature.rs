@@ -44,6 +44,13 @@ pub fn gauss_legendre(a: f64, b: f64, panels: usize, f: impl Fn(f64) -> f64) -> 
         .sum()
 }
 
+/// The 16 Gauss-Legendre (node, weight) pairs on [-1, 1], nodes increasing.
+pub fn gauss_legendre_nodes() -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = GL16.iter().rev().map(|&(x, w)| (-x, w)).collect();
+    v.extend(GL16.iter().cloned());
+    v
+}
+
 /// The Lagrange basis polynomial l_j over `nodes` at u.
 pub fn lagrange(nodes: &[f64], j: usize, u: f64) -> f64 {
     nodes

@@ -1,0 +1,45 @@
+//! Joins results files of one study and config (shards or partial runs):
+//! `merge --out FILE PART.json...`. The merged document equals what one run would write, apart
+//! from its provenance, which lists the parts' provenance under `merged_from`.
+
+use clap::Parser;
+use pfode::study::convergence::Convergence;
+use pfode::study::ot_gap::OtGap;
+use pfode::study::{self, kind_of};
+use pfode::{Error, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "merge", about = "Merge shard or partial results files of one study and config")]
+struct Args {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(required = true)]
+    parts: Vec<PathBuf>,
+}
+
+fn run(args: &Args) -> Result<()> {
+    let kind = kind_of(&args.parts[0])?;
+    let parts: Vec<&Path> = args.parts.iter().map(|p| p.as_path()).collect();
+    match kind.as_str() {
+        "convergence" => study::merge::<Convergence>(&parts, &args.out).map(|_| ()),
+        "ot_gap" => study::merge::<OtGap>(&parts, &args.out).map(|_| ()),
+        other => Err(Error::invalid(
+            args.parts[0].display().to_string(),
+            Some("kind".into()),
+            format!("cannot merge results of kind '{other}' (valid: convergence, ot_gap)"),
+        )),
+    }
+}
+
+fn main() {
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 2 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code)
+    });
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,49 @@
+//! Figures from a results file: `plot RESULTS.json [--out-dir results/plots]`, PNG and SVG.
+//! See `pfode::study::plot` for what each kind of file gives.
+
+use clap::Parser;
+use pfode::study::{self, convergence::Convergence, kind_of, ot_gap::OtGap, plot};
+use pfode::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "plot",
+    about = "Plot a results file (convergence: error vs NFE per solver with fitted orders, order bars; ot_gap: straightness and OT gap, trajectories over p_t)"
+)]
+struct Args {
+    results: PathBuf,
+    #[arg(long, default_value = "results/plots")]
+    out_dir: PathBuf,
+}
+
+fn run(args: &Args) -> Result<()> {
+    std::fs::create_dir_all(&args.out_dir).map_err(|e| Error::io(&args.out_dir, e))?;
+    let files = match kind_of(&args.results)?.as_str() {
+        "convergence" => plot::convergence(&study::read::<Convergence>(&args.results)?, &args.out_dir)?,
+        "ot_gap" => plot::ot_gap(&study::read::<OtGap>(&args.results)?, &args.out_dir)?,
+        other => {
+            return Err(Error::invalid(
+                args.results.display().to_string(),
+                Some("kind".into()),
+                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap)"),
+            ))
+        }
+    };
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 2 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code)
+    });
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}

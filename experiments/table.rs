@@ -1,0 +1,54 @@
+//! Tables from a results file: `table RESULTS.json [--out-dir results/tables]` writes
+//! KIND.md (Markdown) and KIND.tex (LaTeX, booktabs). See `pfode::study::table`.
+
+use clap::Parser;
+use pfode::study::{self, convergence::Convergence, kind_of, ot_gap::OtGap, table};
+use pfode::{io, Error, Result};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "table", about = "Markdown and LaTeX (booktabs) tables from a results file")]
+struct Args {
+    results: PathBuf,
+    #[arg(long, default_value = "results/tables")]
+    out_dir: PathBuf,
+}
+
+fn run(args: &Args) -> Result<()> {
+    let kind = kind_of(&args.results)?;
+    let (tables, provenance) = match kind.as_str() {
+        "convergence" => {
+            let doc = study::read::<Convergence>(&args.results)?;
+            (table::convergence(&doc), doc.provenance)
+        }
+        "ot_gap" => {
+            let doc = study::read::<OtGap>(&args.results)?;
+            (table::ot_gap(&doc), doc.provenance)
+        }
+        other => {
+            return Err(Error::invalid(
+                args.results.display().to_string(),
+                Some("kind".into()),
+                format!("no tables for results of kind '{other}' (valid: convergence, ot_gap)"),
+            ))
+        }
+    };
+    for (ext, text) in [("md", table::markdown(&tables, &provenance)), ("tex", table::latex(&tables, &provenance))] {
+        let path = args.out_dir.join(format!("{kind}.{ext}"));
+        io::write_atomic(&path, text.as_bytes())?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 2 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code)
+    });
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}

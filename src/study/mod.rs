@@ -1,0 +1,405 @@
+//! Sweeps: the machinery every experiment binary shares.
+//!
+//! A study is a list of independent *units* (one solver on one problem, schedule and grid, say),
+//! each producing a few *points*, plus per-*group* information shared by units (the reference
+//! solution of a problem and schedule). Its results file is one JSON document
+//! ([`Doc`]): `kind`, `version`, `provenance` (pfode version, git revision, command line, seed,
+//! rustc, threads, date), `config`, `shard`, `groups`, `points` and a `summary` recomputed from
+//! the points on every write.
+//!
+//! - **Atomic**: every write is a temporary file renamed over the output.
+//! - **Resumable**: a unit whose points are already in the output is skipped; the output is
+//!   rewritten at least every 10 seconds while a sweep runs, so an interrupted sweep loses at
+//!   most the units in flight. A file made with a different config is an error, not overwritten.
+//! - **Shardable**: `--shard i/n` runs the units whose index j in the canonical order has
+//!   j mod n = i - 1; [`merge`] joins shard files into the document a single run would write.
+//! - **Deterministic**: each unit's numbers depend only on the config and seed, and points are
+//!   stored in the canonical unit order, so the document (less its provenance) is the same at any
+//!   thread count, with or without sharding and resuming.
+
+pub mod convergence;
+pub mod ot_gap;
+pub mod plot;
+pub mod table;
+
+use crate::error::{Error, Result};
+use crate::io;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Where a results file came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub pfode_version: String,
+    pub git_revision: String,
+    pub command: String,
+    pub seed: u64,
+    pub rustc: String,
+    pub threads: usize,
+    pub date: String,
+}
+
+impl Provenance {
+    pub fn now(seed: u64) -> Self {
+        Provenance {
+            pfode_version: env!("CARGO_PKG_VERSION").into(),
+            git_revision: io::git_revision(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            seed,
+            rustc: env!("PFODE_RUSTC_VERSION").into(),
+            threads: rayon::current_num_threads(),
+            date: utc_now(),
+        }
+    }
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// `--shard i/n` with 1 <= i <= n.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("shard '{s}': expected i/n with 1 <= i <= n, e.g. 2/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// One unit of work: its key (unique within a study) and the group it shares information with.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub key: String,
+    pub group: String,
+}
+
+/// Something stored under a unit or a group key.
+pub trait Keyed {
+    fn key(&self) -> &str;
+}
+
+/// A study: its config, units, the computation of one unit, and the summary of its points.
+pub trait Study: Sync {
+    const KIND: &'static str;
+    const VERSION: u32;
+    type Config: Serialize + DeserializeOwned + PartialEq + Clone + Sync;
+    type Group: Serialize + DeserializeOwned + Clone + PartialEq + Send + Keyed;
+    type Point: Serialize + DeserializeOwned + Clone + PartialEq + Send + Keyed;
+    type Summary: Serialize + DeserializeOwned + Default;
+
+    fn units(config: &Self::Config) -> Result<Vec<Unit>>;
+    /// The points of unit `units[i]` and the information of its group.
+    fn run(&self, config: &Self::Config, unit: &Unit) -> Result<(Self::Group, Vec<Self::Point>)>;
+    fn summarize(config: &Self::Config, groups: &[Self::Group], points: &[Self::Point]) -> Self::Summary;
+}
+
+/// A results file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Doc<S: Study> {
+    pub kind: String,
+    pub version: u32,
+    pub provenance: Provenance,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<Provenance>,
+    pub shard: Option<String>,
+    pub config: S::Config,
+    pub groups: Vec<S::Group>,
+    pub points: Vec<S::Point>,
+    pub summary: S::Summary,
+}
+
+/// Reads a results file of study `S`; errors name the file and what is wrong.
+pub fn read<S: Study>(path: &Path) -> Result<Doc<S>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(path.display().to_string(), None, format!("not valid JSON: {e}"))
+    })?;
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    if kind != S::KIND {
+        return Err(Error::invalid(
+            path.display().to_string(),
+            Some("kind".into()),
+            format!("expected a '{}' results file, found '{kind}'", S::KIND),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        Error::invalid(path.display().to_string(), None, format!("malformed '{kind}' results: {e}"))
+    })
+}
+
+/// The `kind` of a results file.
+pub fn kind_of(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(path.display().to_string(), None, format!("not valid JSON: {e}"))
+    })?;
+    value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .map(String::from)
+        .ok_or_else(|| {
+            Error::invalid(path.display().to_string(), Some("kind".into()), "missing or not a string")
+        })
+}
+
+fn write<S: Study>(path: &Path, doc: &Doc<S>) -> Result<()> {
+    let text = serde_json::to_string_pretty(doc).expect("results serialize");
+    io::write_atomic(path, text.as_bytes())
+}
+
+/// Orders groups and points by the canonical unit order and recomputes the summary.
+fn assemble<S: Study>(
+    config: &S::Config,
+    units: &[Unit],
+    done: &HashMap<String, (S::Group, Vec<S::Point>)>,
+    provenance: Provenance,
+    shard: Option<String>,
+    merged_from: Vec<Provenance>,
+) -> Doc<S> {
+    let mut groups: Vec<S::Group> = Vec::new();
+    let mut points = Vec::new();
+    for unit in units {
+        if let Some((g, p)) = done.get(&unit.key) {
+            if !groups.iter().any(|h| h.key() == g.key()) {
+                groups.push(g.clone());
+            }
+            points.extend(p.iter().cloned());
+        }
+    }
+    let summary = S::summarize(config, &groups, &points);
+    Doc {
+        kind: S::KIND.into(),
+        version: S::VERSION,
+        provenance,
+        merged_from,
+        shard,
+        config: config.clone(),
+        groups,
+        points,
+        summary,
+    }
+}
+
+/// Splits a document back into finished units.
+fn finished<S: Study>(
+    doc: Doc<S>,
+    units: &[Unit],
+    source: &str,
+) -> Result<HashMap<String, (S::Group, Vec<S::Point>)>> {
+    let group_of: HashMap<&str, &str> = units.iter().map(|u| (u.key.as_str(), u.group.as_str())).collect();
+    let groups: HashMap<String, S::Group> =
+        doc.groups.into_iter().map(|g| (g.key().to_string(), g)).collect();
+    let mut out: HashMap<String, (S::Group, Vec<S::Point>)> = HashMap::new();
+    for p in doc.points {
+        let gkey = group_of.get(p.key()).ok_or_else(|| {
+            Error::invalid(source, Some("points".into()), format!("unit '{}' is not in the config", p.key()))
+        })?;
+        let g = groups.get(*gkey).ok_or_else(|| {
+            Error::invalid(source, Some("groups".into()), format!("group '{gkey}' is missing"))
+        })?;
+        out.entry(p.key().to_string())
+            .or_insert_with(|| (g.clone(), Vec::new()))
+            .1
+            .push(p);
+    }
+    Ok(out)
+}
+
+/// A progress bar on a terminal's stderr; hidden otherwise.
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(len),
+        if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Runs the units of `shard` and writes the document to `out`; with `resume`, the units already
+/// in `out` are kept and skipped.
+pub fn run<S: Study>(
+    study: &S,
+    config: &S::Config,
+    seed: u64,
+    out: &Path,
+    shard: Option<Shard>,
+    resume: bool,
+) -> Result<Doc<S>> {
+    let units = S::units(config)?;
+    let mine: Vec<&Unit> = units
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| shard.is_none_or(|s| j % s.count == s.index - 1))
+        .map(|(_, u)| u)
+        .collect();
+    let source = out.display().to_string();
+    let mut done = HashMap::new();
+    if resume && out.exists() {
+        let old = read::<S>(out)?;
+        if old.config != *config {
+            return Err(Error::invalid(
+                source,
+                Some("config".into()),
+                "was written with a different configuration; choose another --out or remove the file to start afresh",
+            ));
+        }
+        done = finished::<S>(old, &units, &source)?;
+    }
+    let pending: Vec<&Unit> = mine.iter().filter(|u| !done.contains_key(&u.key)).cloned().collect();
+    let provenance = Provenance::now(seed);
+    let shard_text = shard.map(|s| s.to_string());
+    let bar = progress(mine.len() as u64, S::KIND);
+    bar.inc((mine.len() - pending.len()) as u64);
+    let state = Mutex::new((done, Instant::now()));
+    pending.par_iter().try_for_each(|unit| -> Result<()> {
+        let result = study.run(config, unit)?;
+        let mut guard = state.lock().expect("lock");
+        guard.0.insert(unit.key.clone(), result);
+        bar.inc(1);
+        if guard.1.elapsed() > Duration::from_secs(10) {
+            let doc = assemble::<S>(config, &units, &guard.0, provenance.clone(), shard_text.clone(), vec![]);
+            write(out, &doc)?;
+            guard.1 = Instant::now();
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let (done, _) = state.into_inner().expect("lock");
+    let doc = assemble::<S>(config, &units, &done, provenance, shard_text, vec![]);
+    write(out, &doc)?;
+    Ok(doc)
+}
+
+/// Joins results files of one study and config (shards, or partial runs) into one document,
+/// written to `out`. Units present in several files must agree exactly.
+pub fn merge<S: Study>(inputs: &[&Path], out: &Path) -> Result<Doc<S>> {
+    let mut config: Option<S::Config> = None;
+    let mut all: HashMap<String, (S::Group, Vec<S::Point>)> = HashMap::new();
+    let mut sources = Vec::new();
+    let mut units = Vec::new();
+    for path in inputs {
+        let source = path.display().to_string();
+        let doc = read::<S>(path)?;
+        match &config {
+            None => {
+                units = S::units(&doc.config)?;
+                config = Some(doc.config.clone());
+            }
+            Some(c) if *c != doc.config => {
+                return Err(Error::invalid(
+                    source,
+                    Some("config".into()),
+                    "differs from the first file's config; only runs of one config merge",
+                ))
+            }
+            _ => {}
+        }
+        sources.push(doc.provenance.clone());
+        sources.extend(doc.merged_from.iter().cloned());
+        for (key, (g, p)) in finished::<S>(doc, &units, &source)? {
+            if let Some((g0, p0)) = all.get(&key) {
+                if *g0 != g || *p0 != p {
+                    return Err(Error::invalid(
+                        source,
+                        Some("points".into()),
+                        format!("unit '{key}' differs from an earlier file"),
+                    ));
+                }
+            }
+            all.insert(key, (g, p));
+        }
+    }
+    let config = config.ok_or_else(|| Error::Domain("merge: no input files".into()))?;
+    let seed = sources.first().map(|p| p.seed).unwrap_or(0);
+    let doc = assemble::<S>(&config, &units, &all, Provenance::now(seed), None, sources);
+    write(out, &doc)?;
+    Ok(doc)
+}
+
+/// Groups values by a key, keeping first-appearance order.
+pub fn group_by<T, K: Ord + Clone>(items: &[T], key: impl Fn(&T) -> K) -> Vec<(K, Vec<&T>)> {
+    let mut order: Vec<K> = Vec::new();
+    let mut map: BTreeMap<K, Vec<&T>> = BTreeMap::new();
+    for it in items {
+        let k = key(it);
+        if !map.contains_key(&k) {
+            order.push(k.clone());
+        }
+        map.entry(k).or_default().push(it);
+    }
+    order
+        .into_iter()
+        .map(|k| {
+            let v = map.remove(&k).unwrap_or_default();
+            (k, v)
+        })
+        .collect()
+}
+
+/// A stable 64-bit hash (FNV-1a) of a key, to derive per-unit seeds independent of order.
+pub fn seed_for(seed: u64, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325 ^ seed;
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

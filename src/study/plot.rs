@@ -1,0 +1,470 @@
+//! Figures from results files, as PNG and SVG (plotters; text in DejaVu Sans, embedded).
+//!
+//! - `convergence`: per problem and grid, RMS error vs NFE (log-log), one panel per schedule, one
+//!   line per solver, the fitted order in the legend; and the empirical orders as bars with their
+//!   95% intervals (declared orders as ticks), one panel per problem.
+//! - `ot_gap`: straightness and path-length excess per problem and schedule, with the OT gap
+//!   written on each bar; and for 2-D problems the trajectories over the density of p_t at four
+//!   noise levels, one row per schedule.
+//!
+//! Every figure carries a footer with the git revision, command and seed of the results file.
+
+use super::convergence::{Convergence, Point as ConvPoint};
+use super::ot_gap::OtGap;
+use super::{group_by, Doc, Provenance};
+use crate::error::{Error, Result};
+use crate::gmm::GaussianMixture;
+use crate::problems;
+use crate::schedule;
+use ndarray::Array2;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+type Area<DB> = DrawingArea<DB, Shift>;
+
+fn err<E: std::fmt::Debug>(e: E) -> Error {
+    Error::Domain(format!("plot: {e:?}"))
+}
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+/// Renders `draw` to `stem.png` and `stem.svg`, each written to a temporary file and renamed.
+macro_rules! render {
+    ($stem:expr, $size:expr, $out:expr, |$area:ident| $body:expr) => {{
+        let stem: &Path = $stem;
+        let png = stem.with_extension("png");
+        let tmp = png.with_file_name(format!(
+            ".{}.{}.tmp.png",
+            png.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        {
+            let $area = BitMapBackend::new(&tmp, $size).into_drawing_area();
+            $area.fill(&WHITE).map_err(err)?;
+            $body;
+            $area.present().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &png).map_err(|e| Error::io(&png, e))?;
+        let mut svg = String::new();
+        {
+            let $area = SVGBackend::with_string(&mut svg, $size).into_drawing_area();
+            $area.fill(&WHITE).map_err(err)?;
+            $body;
+            $area.present().map_err(err)?;
+        }
+        let path = stem.with_extension("svg");
+        crate::io::write_atomic(&path, svg.as_bytes())?;
+        $out.push(png);
+        $out.push(path);
+    }};
+}
+
+fn footer<DB: DrawingBackend>(area: &Area<DB>, p: &Provenance) -> Result<Area<DB>> {
+    let (w, h) = area.dim_in_pixel();
+    let (main, foot) = area.split_vertically(h - 18);
+    let rev: String = p.git_revision.chars().take(12).collect();
+    let text = format!("pfode {} @ {rev} | {} | seed {}", p.pfode_version, p.command, p.seed);
+    foot.draw(&Text::new(text, (6, 2), ("sans-serif", 11).into_font().color(&RGBColor(90, 90, 90))))
+        .map_err(err)?;
+    let _ = w;
+    Ok(main)
+}
+
+fn color(i: usize) -> RGBColor {
+    const C: [(u8, u8, u8); 13] = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+        (0, 0, 0),
+        (120, 160, 255),
+        (255, 190, 90),
+    ];
+    let (r, g, b) = C[i % C.len()];
+    RGBColor(r, g, b)
+}
+
+fn log_range(v: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = v
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+    if lo > hi {
+        return 1e-3..1.0;
+    }
+    lo / 2.0..hi * 2.0
+}
+
+fn convergence_panel<DB: DrawingBackend>(
+    area: &Area<DB>,
+    title: &str,
+    points: &[&ConvPoint],
+    fits: &[(String, Option<f64>)],
+) -> Result<()> {
+    let xr = log_range(points.iter().map(|p| p.nfe as f64));
+    let yr = log_range(points.iter().map(|p| p.err_rms));
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(56)
+        .build_cartesian_2d(xr.log_scale(), yr.log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("NFE")
+        .y_desc("RMS error")
+        .label_style(("sans-serif", 11))
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .draw()
+        .map_err(err)?;
+    for (i, (solver, order)) in fits.iter().enumerate() {
+        let c = color(i);
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| &p.solver == solver && p.err_rms > 0.0)
+            .map(|p| (p.nfe as f64, p.err_rms))
+            .collect();
+        let label = match order {
+            Some(o) => format!("{solver} (p = {o:.2})"),
+            None => format!("{solver} (p: n/a)"),
+        };
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 2, c.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .label_font(("sans-serif", 10))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Horizontal bars: one row per solver, one bar per schedule, 95% whiskers, declared-order ticks.
+fn order_panel<DB: DrawingBackend>(
+    area: &Area<DB>,
+    title: &str,
+    solvers: &[String],
+    schedules: &[String],
+    value: &dyn Fn(&str, &str) -> Option<(f64, f64, usize)>,
+) -> Result<()> {
+    let n = solvers.len();
+    let right = solvers
+        .iter()
+        .flat_map(|s| schedules.iter().filter_map(move |c| value(s, c)))
+        .map(|(o, _, d)| o.max(d as f64))
+        .fold(1.0f64, f64::max)
+        + 1.0;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(250)
+        .build_cartesian_2d(0f64..right, 0f64..n as f64)
+        .map_err(err)?;
+    let names = solvers.to_vec();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n * 2 + 1)
+        .y_label_formatter(&|y| {
+            let i = (n as f64 - y).floor() as usize;
+            if (n as f64 - y - i as f64 - 0.5).abs() < 0.01 && i < names.len() {
+                names[i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("empirical order vs NFE (95% interval; black tick = declared order)")
+        .label_style(("sans-serif", 11))
+        .draw()
+        .map_err(err)?;
+    let k = schedules.len().max(1) as f64;
+    let w = 0.8 / k;
+    for (j, sched) in schedules.iter().enumerate() {
+        let c = color(j);
+        let (mut bars, mut whiskers, mut ticks) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, s) in solvers.iter().enumerate() {
+            if let Some((o, ci, d)) = value(s, sched) {
+                let y1 = n as f64 - i as f64 - 0.1 - j as f64 * w;
+                let y0 = y1 - 0.9 * w;
+                bars.push(Rectangle::new([(0.0, y0), (o.clamp(0.0, right), y1)], c.mix(0.8).filled()));
+                let ym = 0.5 * (y0 + y1);
+                whiskers.push(PathElement::new(
+                    vec![((o - ci).clamp(0.0, right), ym), ((o + ci).clamp(0.0, right), ym)],
+                    BLACK.stroke_width(1),
+                ));
+                ticks.push(PathElement::new(vec![(d as f64, y0), (d as f64, y1)], BLACK.stroke_width(2)));
+            }
+        }
+        chart
+            .draw_series(bars)
+            .map_err(err)?
+            .label(sched.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        chart.draw_series(whiskers).map_err(err)?;
+        chart.draw_series(ticks).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 10))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+fn unique(v: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in v {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The figures of a convergence results file.
+pub fn convergence(doc: &Doc<Convergence>, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    let fits = &doc.summary.fits;
+    for (problem, rows) in group_by(&doc.points, |p| p.problem.clone()) {
+        for (grid, rows) in group_by(&rows, |p| p.grid.clone()) {
+            let schedules = unique(rows.iter().map(|p| p.schedule.clone()));
+            let stem = dir.join(format!("convergence_{problem}_{grid}"));
+            let cols = schedules.len().min(2).max(1);
+            let nrows = schedules.len().div_ceil(cols);
+            let size = (620 * cols as u32, 470 * nrows as u32 + 18);
+            render!(&stem, size, out, |root| {
+                let main = footer(&root, &doc.provenance)?;
+                let panels = main.split_evenly((nrows, cols));
+                for (sched, panel) in schedules.iter().zip(panels.iter()) {
+                    let pts: Vec<&ConvPoint> = rows.iter().filter(|p| &p.schedule == sched).map(|p| **p).collect();
+                    let solvers = unique(pts.iter().map(|p| p.solver.clone()));
+                    let orders: Vec<(String, Option<f64>)> = solvers
+                        .into_iter()
+                        .map(|s| {
+                            let o = fits
+                                .iter()
+                                .find(|f| f.problem == problem && f.grid == grid && &f.schedule == sched && f.solver == s)
+                                .and_then(|f| f.order_nfe.map(|o| o.order));
+                            (s, o)
+                        })
+                        .collect();
+                    convergence_panel(panel, &format!("{problem}, {sched}, {grid} grid"), &pts, &orders)?;
+                }
+            });
+        }
+    }
+    let problems = unique(fits.iter().map(|f| f.problem.clone()));
+    if let Some(grid) = fits.first().map(|f| f.grid.clone()) {
+        let stem = dir.join("orders");
+        let cols = problems.len().clamp(1, 3);
+        let size = (560 * cols as u32, 900 + 18);
+        render!(&stem, size, out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((1, cols));
+            for (problem, panel) in problems.iter().zip(panels.iter()) {
+                let rows: Vec<_> = fits.iter().filter(|f| &f.problem == problem && f.grid == grid).collect();
+                let solvers = unique(rows.iter().map(|f| f.solver.clone()));
+                let schedules = unique(rows.iter().map(|f| f.schedule.clone()));
+                let value = |s: &str, c: &str| {
+                    rows.iter()
+                        .find(|f| f.solver == s && f.schedule == c)
+                        .and_then(|f| f.order_nfe.map(|o| (o.order, o.ci95, f.declared_order)))
+                };
+                order_panel(
+                    panel,
+                    &format!("{problem} ({grid} grid)"),
+                    &solvers,
+                    &schedules,
+                    &value,
+                )?;
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn density(mixture: &GaussianMixture, alpha: f64, sigma: f64, r: f64, n: usize) -> Result<Array2<f64>> {
+    let at = crate::schedule::NoiseLevel {
+        t: 0.0,
+        alpha,
+        sigma,
+        dalpha: 0.0,
+        dsigma: 0.0,
+        sigma_dsigma: 0.0,
+    };
+    let c = |i: usize| -r + 2.0 * r * (i as f64 + 0.5) / n as f64;
+    let x = Array2::from_shape_fn((n * n, 2), |(k, j)| if j == 0 { c(k % n) } else { c(k / n) });
+    let lp = mixture.log_density(x.view(), &at)?;
+    Ok(lp.into_shape_with_order((n, n)).map_err(err)?.mapv(f64::exp))
+}
+
+/// The figures of an ot_gap results file.
+pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    let pts = &doc.points;
+    let schedules = unique(pts.iter().map(|p| p.schedule.clone()));
+    let problems = unique(pts.iter().map(|p| p.problem.clone()));
+    let stem = dir.join("ot_gap");
+    render!(&stem, (1200u32, 520u32), out, |root| {
+        let main = footer(&root, &doc.provenance)?;
+        let panels = main.split_evenly((1, 2));
+        let metrics: [(&str, fn(&super::ot_gap::Point) -> f64); 2] = [
+            ("straightness (excess kinetic energy)", |p| p.straightness),
+            ("path length / chord - 1", |p| p.path_excess),
+        ];
+        for ((title, f), panel) in metrics.iter().zip(panels.iter()) {
+            let top = pts.iter().map(f).fold(0.0, f64::max) * 1.25 + 1e-12;
+            let n = problems.len();
+            let mut chart = ChartBuilder::on(panel)
+                .caption(*title, ("sans-serif", 16))
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0f64..n as f64, 0f64..top)
+                .map_err(err)?;
+            let names = problems.clone();
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(n * 2 + 1)
+                .x_label_formatter(&|x| {
+                    let i = x.floor() as usize;
+                    if (x - i as f64 - 0.5).abs() < 0.01 && i < names.len() {
+                        names[i].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .label_style(("sans-serif", 11))
+                .draw()
+                .map_err(err)?;
+            let w = 0.8 / schedules.len() as f64;
+            for (j, sched) in schedules.iter().enumerate() {
+                let c = color(j);
+                let mut bars = Vec::new();
+                let mut labels = Vec::new();
+                for (i, prob) in problems.iter().enumerate() {
+                    if let Some(p) = pts.iter().find(|p| &p.problem == prob && &p.schedule == sched) {
+                        let x0 = i as f64 + 0.1 + j as f64 * w;
+                        bars.push(Rectangle::new([(x0, 0.0), (x0 + 0.9 * w, f(p))], c.mix(0.8).filled()));
+                        labels.push(Text::new(
+                            format!("gap {:.0e}", p.rel_gap.abs()),
+                            (x0, f(p) + top * 0.02),
+                            ("sans-serif", 9).into_font(),
+                        ));
+                    }
+                }
+                chart
+                    .draw_series(bars)
+                    .map_err(err)?
+                    .label(sched.as_str())
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+                chart.draw_series(labels).map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font(("sans-serif", 10))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .draw()
+                .map_err(err)?;
+        }
+    });
+    for problem in &problems {
+        let rows: Vec<_> = pts.iter().filter(|p| &p.problem == problem && p.trajectories.is_some()).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mixture = problems::load(problem)?;
+        let levels = [f64::INFINITY, 2.0, 0.5, 0.0];
+        let stem = dir.join(format!("trajectories_{problem}"));
+        let size = (1200u32, 300 * rows.len() as u32 + 18);
+        render!(&stem, size, out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((rows.len(), levels.len()));
+            for (r, p) in rows.iter().enumerate() {
+                let s = schedule::parse(&p.schedule)?;
+                let tr = p.trajectories.as_ref().expect("filtered");
+                let rho: Vec<f64> = tr.times.iter().map(|&t| s.sigma(t) / s.alpha(t)).collect();
+                for (c, &level) in levels.iter().enumerate() {
+                    let k = if level.is_infinite() {
+                        0
+                    } else {
+                        (0..rho.len())
+                            .min_by(|&a, &b| (rho[a] - level).abs().total_cmp(&(rho[b] - level).abs()))
+                            .unwrap_or(0)
+                    };
+                    let t = tr.times[k];
+                    let (alpha, sigma) = (s.alpha(t), s.sigma(t));
+                    let radius = tr
+                        .paths
+                        .iter()
+                        .map(|path| path[k][0].abs().max(path[k][1].abs()))
+                        .fold(0.0, f64::max)
+                        .max(4.5 * alpha + 2.0 * sigma)
+                        * 1.15;
+                    let n = 90;
+                    let dens = density(&mixture, alpha, sigma, radius, n)?;
+                    let dmax = dens.iter().cloned().fold(0.0, f64::max);
+                    let title = format!("{}: t = {t:.3}, sigma/alpha = {:.2}", p.schedule, rho[k]);
+                    let mut chart = ChartBuilder::on(&panels[r * levels.len() + c])
+                        .caption(title, ("sans-serif", 12))
+                        .margin(4)
+                        .build_cartesian_2d(-radius..radius, -radius..radius)
+                        .map_err(err)?;
+                    let cell = 2.0 * radius / n as f64;
+                    chart
+                        .draw_series((0..n * n).map(|idx| {
+                            let (i, j) = (idx % n, idx / n);
+                            let v = (dens[(j, i)] / dmax).powf(0.5);
+                            let band = (v * 6.0).floor() / 6.0;
+                            let shade = (255.0 * (1.0 - 0.55 * band)) as u8;
+                            let x = -radius + i as f64 * cell;
+                            let y = -radius + j as f64 * cell;
+                            Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled())
+                        }))
+                        .map_err(err)?;
+                    for path in &tr.paths {
+                        let inside = |q: &[f64; 2]| q[0].abs().max(q[1].abs()) < radius;
+                        let first = (0..=k).rev().take_while(|&i| inside(&path[i])).last().unwrap_or(k);
+                        let seg: Vec<(f64, f64)> = path[first..=k].iter().map(|q| (q[0], q[1])).collect();
+                        chart.draw_series(LineSeries::new(seg, RGBColor(200, 60, 40).mix(0.6))).map_err(err)?;
+                        chart
+                            .draw_series(std::iter::once(Circle::new((path[k][0], path[k][1]), 2, BLACK.filled())))
+                            .map_err(err)?;
+                    }
+                }
+            }
+        });
+    }
+    Ok(out)
+}

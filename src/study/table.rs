@@ -1,0 +1,196 @@
+//! Tables from results files, in Markdown and LaTeX (booktabs).
+//!
+//! - `convergence`: per problem, schedule and grid, the RMS error at NFE 5, 10, 20 and 50 and the
+//!   empirical order vs NFE with its 95% interval, per solver; the smallest error of each column
+//!   and the highest order are in bold. A cell is empty where the solver cannot spend that NFE
+//!   exactly (it ran the largest step count within it; the NFE actually used is then given in
+//!   brackets).
+//! - `ot_gap`: per problem and schedule, the flow's coupling cost, the optimal assignment cost,
+//!   their relative gap, the closed-form W2^2 and the exact flow's coupling cost (single
+//!   Gaussians), straightness and path-length excess.
+//!
+//! Each table starts with a comment naming the command, seed and git revision that made the data.
+
+use super::convergence::Convergence;
+use super::ot_gap::OtGap;
+use super::{group_by, Doc, Provenance};
+
+/// The table columns: target NFEs.
+pub const NFE_COLUMNS: [usize; 4] = [5, 10, 20, 50];
+
+/// A table as cells plus which cells are bold.
+pub struct Table {
+    pub title: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub bold: Vec<Vec<bool>>,
+}
+
+fn sci(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+fn argbest(values: &[Option<f64>], smaller: bool) -> Option<usize> {
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| (i, v)))
+        .min_by(|a, b| if smaller { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) })
+        .map(|(i, _)| i)
+}
+
+/// The convergence tables.
+pub fn convergence(doc: &Doc<Convergence>) -> Vec<Table> {
+    let mut tables = Vec::new();
+    for (key, pts) in group_by(&doc.points, |p| (p.problem.clone(), p.schedule.clone(), p.grid.clone())) {
+        let mut header = vec!["solver".to_string()];
+        header.extend(NFE_COLUMNS.iter().map(|n| format!("NFE {n}")));
+        header.push("order (95% CI)".into());
+        header.push("declared".into());
+        let mut rows = Vec::new();
+        let mut values: Vec<Vec<Option<f64>>> = vec![Vec::new(); NFE_COLUMNS.len() + 1];
+        for (solver, spts) in group_by(&pts, |p| p.solver.clone()) {
+            let mut row = vec![solver.clone()];
+            for (c, &n) in NFE_COLUMNS.iter().enumerate() {
+                let p = spts.iter().find(|p| p.nfe_target == n);
+                values[c].push(p.map(|p| p.err_rms));
+                row.push(match p {
+                    Some(p) if p.nfe == n => sci(p.err_rms),
+                    Some(p) => format!("{} [{}]", sci(p.err_rms), p.nfe),
+                    None => String::new(),
+                });
+            }
+            let fit = doc.summary.fits.iter().find(|f| {
+                (&f.problem, &f.schedule, &f.grid, &f.solver) == (&key.0, &key.1, &key.2, &solver)
+            });
+            let order = fit.and_then(|f| f.order_nfe);
+            values[NFE_COLUMNS.len()].push(order.map(|o| o.order));
+            row.push(match order {
+                Some(o) => format!("{:.2} ± {:.2} [{}-{}]", o.order, o.ci95, o.lo, o.hi),
+                None => "n/a".into(),
+            });
+            row.push(spts[0].declared_order.to_string());
+            rows.push(row);
+        }
+        let mut bold = vec![vec![false; header.len()]; rows.len()];
+        for (c, col) in values.iter().enumerate() {
+            if let Some(i) = argbest(col, c < NFE_COLUMNS.len()) {
+                bold[i][c + 1] = true;
+            }
+        }
+        tables.push(Table {
+            title: format!("{}, {}, {} grid: RMS error vs NFE and empirical order", key.0, key.1, key.2),
+            header,
+            rows,
+            bold,
+        });
+    }
+    tables
+}
+
+/// The OT-gap table.
+pub fn ot_gap(doc: &Doc<OtGap>) -> Vec<Table> {
+    let header: Vec<String> = [
+        "problem",
+        "schedule",
+        "E|x0 - xT|^2 (flow)",
+        "OT cost (assignment)",
+        "relative gap",
+        "W2^2 closed form",
+        "exact flow cost",
+        "straightness",
+        "path excess",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    let rows: Vec<Vec<String>> = doc
+        .points
+        .iter()
+        .map(|p| {
+            vec![
+                p.problem.clone(),
+                p.schedule.clone(),
+                format!("{:.6}", p.flow_cost),
+                format!("{:.6}", p.ot_cost),
+                sci(p.rel_gap),
+                opt(p.bures),
+                opt(p.flow_cost_exact),
+                format!("{:.4}", p.straightness),
+                format!("{:.4}", p.path_excess),
+            ]
+        })
+        .collect();
+    let bold = vec![vec![false; header.len()]; rows.len()];
+    vec![Table {
+        title: format!("Optimal-transport gap and straightness of the PF-ODE map ({} samples)", doc.config.samples),
+        header,
+        rows,
+        bold,
+    }]
+}
+
+fn origin(p: &Provenance) -> String {
+    format!("made by `{}` (seed {}, pfode {} @ {})", p.command, p.seed, p.pfode_version, p.git_revision)
+}
+
+pub fn markdown(tables: &[Table], p: &Provenance) -> String {
+    let mut s = format!("<!-- {} -->\n", origin(p));
+    for t in tables {
+        s += &format!("\n### {}\n\n| {} |\n|{}\n", t.title, t.header.join(" | "), "---|".repeat(t.header.len()));
+        for (row, bold) in t.rows.iter().zip(&t.bold) {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(bold)
+                .map(|(c, &b)| if b && !c.is_empty() { format!("**{c}**") } else { c.clone() })
+                .collect();
+            s += &format!("| {} |\n", cells.join(" | "));
+        }
+    }
+    s
+}
+
+fn tex_escape(s: &str) -> String {
+    s.replace('\\', "\\textbackslash{}")
+        .replace('_', "\\_")
+        .replace('%', "\\%")
+        .replace('&', "\\&")
+        .replace('#', "\\#")
+        .replace('^', "\\^{}")
+        .replace('±', "$\\pm$")
+        .replace('|', "$|$")
+}
+
+pub fn latex(tables: &[Table], p: &Provenance) -> String {
+    let mut s = format!("% {}\n% needs \\usepackage{{booktabs}}\n", origin(p));
+    for t in tables {
+        s += &format!(
+            "\n\\begin{{table}}[ht]\n\\centering\n\\caption{{{}}}\n\\begin{{tabular}}{{l{}}}\n\\toprule\n{} \\\\\n\\midrule\n",
+            tex_escape(&t.title),
+            "r".repeat(t.header.len() - 1),
+            t.header.iter().map(|h| tex_escape(h)).collect::<Vec<_>>().join(" & ")
+        );
+        for (row, bold) in t.rows.iter().zip(&t.bold) {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(bold)
+                .map(|(c, &b)| {
+                    let c = tex_escape(c);
+                    if b && !c.is_empty() {
+                        format!("\\textbf{{{c}}}")
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            s += &format!("{} \\\\\n", cells.join(" & "));
+        }
+        s += "\\bottomrule\n\\end{tabular}\n\\end{table}\n";
+    }
+    s
+}
