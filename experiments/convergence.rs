@@ -60,24 +60,31 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() { 2 } else { 0 };
-        let _ = e.print();
-        std::process::exit(code)
-    });
+    let args: Args = pfode::study::cli_args();
     let main = Config::main();
     let config = Config {
         problems: args.problems.unwrap_or(main.problems),
         schedules: args.schedules.unwrap_or(main.schedules),
         grids: args.grids.unwrap_or(main.grids),
-        solvers: if args.solvers.is_empty() { main.solvers } else { args.solvers },
+        solvers: if args.solvers.is_empty() {
+            main.solvers
+        } else {
+            args.solvers
+        },
         nfe: args.nfe.unwrap_or(main.nfe),
         samples: args.samples.unwrap_or(main.samples),
         seed: args.seed.unwrap_or(main.seed),
         reference: args.reference.unwrap_or(main.reference),
         timing: args.timing,
     };
-    if let Err(e) = study::run(&Convergence::default(), &config, config.seed, &args.out, args.shard, !args.fresh) {
+    if let Err(e) = study::run(
+        &Convergence::default(),
+        &config,
+        config.seed,
+        &args.out,
+        args.shard,
+        !args.fresh,
+    ) {
         eprintln!("error: {e}");
         std::process::exit(2);
     }

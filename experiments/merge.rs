@@ -10,7 +10,10 @@ use pfode::{Error, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "merge", about = "Merge shard or partial results files of one study and config")]
+#[command(
+    name = "merge",
+    about = "Merge shard or partial results files of one study and config"
+)]
 struct Args {
     #[arg(long)]
     out: PathBuf,
@@ -33,11 +36,7 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    let args = Args::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() { 2 } else { 0 };
-        let _ = e.print();
-        std::process::exit(code)
-    });
+    let args: Args = pfode::study::cli_args();
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
         std::process::exit(2);

@@ -46,11 +46,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() { 2 } else { 0 };
-        let _ = e.print();
-        std::process::exit(code)
-    });
+    let args: Args = pfode::study::cli_args();
     let main = Config::main();
     let config = Config {
         problems: args.problems.unwrap_or(main.problems),
@@ -61,7 +57,14 @@ fn main() {
         segments: args.segments.unwrap_or(main.segments),
         paths: args.paths.unwrap_or(main.paths),
     };
-    if let Err(e) = study::run(&OtGap, &config, config.seed, &args.out, args.shard, !args.fresh) {
+    if let Err(e) = study::run(
+        &OtGap,
+        &config,
+        config.seed,
+        &args.out,
+        args.shard,
+        !args.fresh,
+    ) {
         eprintln!("error: {e}");
         std::process::exit(2);
     }

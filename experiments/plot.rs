@@ -18,10 +18,18 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<()> {
-    std::fs::create_dir_all(&args.out_dir).map_err(|e| Error::io(&args.out_dir, e))?;
+    let mkdir = || std::fs::create_dir_all(&args.out_dir).map_err(|e| Error::io(&args.out_dir, e));
     let files = match kind_of(&args.results)?.as_str() {
-        "convergence" => plot::convergence(&study::read::<Convergence>(&args.results)?, &args.out_dir)?,
-        "ot_gap" => plot::ot_gap(&study::read::<OtGap>(&args.results)?, &args.out_dir)?,
+        "convergence" => {
+            let doc = study::read::<Convergence>(&args.results)?;
+            mkdir()?;
+            plot::convergence(&doc, &args.out_dir)?
+        }
+        "ot_gap" => {
+            let doc = study::read::<OtGap>(&args.results)?;
+            mkdir()?;
+            plot::ot_gap(&doc, &args.out_dir)?
+        }
         other => {
             return Err(Error::invalid(
                 args.results.display().to_string(),
@@ -37,11 +45,7 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    let args = Args::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() { 2 } else { 0 };
-        let _ = e.print();
-        std::process::exit(code)
-    });
+    let args: Args = pfode::study::cli_args();
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
         std::process::exit(2);

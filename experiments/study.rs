@@ -28,9 +28,23 @@ struct Args {
 fn main_study(args: &Args) -> Result<()> {
     let dir = &args.out_dir;
     let conv_config = convergence::Config::main();
-    let conv = run(&Convergence::default(), &conv_config, conv_config.seed, &dir.join("convergence.json"), None, args.resume)?;
+    let conv = run(
+        &Convergence::default(),
+        &conv_config,
+        conv_config.seed,
+        &dir.join("convergence.json"),
+        None,
+        args.resume,
+    )?;
     let ot_config = ot_gap::Config::main();
-    let ot = run(&OtGap, &ot_config, ot_config.seed, &dir.join("ot_gap.json"), None, args.resume)?;
+    let ot = run(
+        &OtGap,
+        &ot_config,
+        ot_config.seed,
+        &dir.join("ot_gap.json"),
+        None,
+        args.resume,
+    )?;
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| pfode::Error::io(&plots, e))?;
     let mut files = plot::convergence(&conv, &plots)?;
@@ -58,11 +72,7 @@ fn main_study(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    let args = Args::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() { 2 } else { 0 };
-        let _ = e.print();
-        std::process::exit(code)
-    });
+    let args: Args = pfode::study::cli_args();
     if let Err(e) = main_study(&args) {
         eprintln!("error: {e}");
         std::process::exit(2);

@@ -7,7 +7,10 @@ use pfode::{io, Error, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "table", about = "Markdown and LaTeX (booktabs) tables from a results file")]
+#[command(
+    name = "table",
+    about = "Markdown and LaTeX (booktabs) tables from a results file"
+)]
 struct Args {
     results: PathBuf,
     #[arg(long, default_value = "results/tables")]
@@ -33,7 +36,10 @@ fn run(args: &Args) -> Result<()> {
             ))
         }
     };
-    for (ext, text) in [("md", table::markdown(&tables, &provenance)), ("tex", table::latex(&tables, &provenance))] {
+    for (ext, text) in [
+        ("md", table::markdown(&tables, &provenance)),
+        ("tex", table::latex(&tables, &provenance)),
+    ] {
         let path = args.out_dir.join(format!("{kind}.{ext}"));
         io::write_atomic(&path, text.as_bytes())?;
         println!("{}", path.display());
@@ -42,11 +48,7 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    let args = Args::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() { 2 } else { 0 };
-        let _ = e.print();
-        std::process::exit(code)
-    });
+    let args: Args = pfode::study::cli_args();
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
         std::process::exit(2);

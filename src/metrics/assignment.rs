@@ -108,7 +108,10 @@ mod tests {
                 let mut seen = perm.clone();
                 seen.sort();
                 assert_eq!(seen, (0..n).collect::<Vec<_>>());
-                assert!((total - brute_force(&cost)).abs() < 1e-12, "n {n} trial {trial}");
+                assert!(
+                    (total - brute_force(&cost)).abs() < 1e-12,
+                    "n {n} trial {trial}"
+                );
             }
         }
         assert!(assign(&Array2::from_elem((2, 3), 1.0)).is_err());

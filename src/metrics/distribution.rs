@@ -62,7 +62,12 @@ pub fn nll(mixture: &GaussianMixture, x: ArrayView2<f64>, at: &NoiseLevel) -> Re
 }
 
 /// H(p_t) estimated on `n` seeded samples of p_t.
-pub fn entropy(mixture: &GaussianMixture, at: &NoiseLevel, n: usize, seed: u64) -> Result<Estimate> {
+pub fn entropy(
+    mixture: &GaussianMixture,
+    at: &NoiseLevel,
+    n: usize,
+    seed: u64,
+) -> Result<Estimate> {
     let x = mixture.sample(n, at.alpha, at.sigma, seed);
     nll(mixture, x.view(), at)
 }
@@ -83,7 +88,11 @@ pub fn sliced_w2(x: ArrayView2<f64>, y: ArrayView2<f64>, n_proj: usize, seed: u6
             let mut b = py.column(k).to_vec();
             a.sort_by(f64::total_cmp);
             b.sort_by(f64::total_cmp);
-            a.iter().zip(&b).map(|(u, v)| (u - v) * (u - v)).sum::<f64>() / a.len() as f64
+            a.iter()
+                .zip(&b)
+                .map(|(u, v)| (u - v) * (u - v))
+                .sum::<f64>()
+                / a.len() as f64
         })
         .collect();
     Ok((per.iter().sum::<f64>() / n_proj as f64).sqrt())

@@ -174,7 +174,7 @@ impl GaussianLaw {
             .singular_values()
             .map_err(|e| Error::Domain(format!("KL: SVD failed: {e:?}")))?;
         let shift: f64 = (0..d).map(|i| sol[(i, d)] * sol[(i, d)]).sum();
-        if s.iter().any(|&v| v == 0.0) {
+        if s.contains(&0.0) {
             return Ok(f64::INFINITY);
         }
         let trace: f64 = s.iter().map(|&v| u_minus_log1p(v * v - 1.0)).sum();
@@ -187,8 +187,10 @@ impl GaussianLaw {
             .singular_values()
             .map_err(|e| Error::Domain(format!("entropy: SVD failed: {e:?}")))?;
         let d = self.dim() as f64;
-        Ok(0.5 * d * (2.0 * std::f64::consts::PI * std::f64::consts::E).ln()
-            + s.iter().map(|v| v.ln()).sum::<f64>())
+        Ok(
+            0.5 * d * (2.0 * std::f64::consts::PI * std::f64::consts::E).ln()
+                + s.iter().map(|v| v.ln()).sum::<f64>(),
+        )
     }
 
     fn check(&self, other: &GaussianLaw) -> Result<()> {

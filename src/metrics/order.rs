@@ -3,8 +3,8 @@
 //! The order is the least-squares slope of ln(error) against ln(NFE) (negated) or against
 //! ln(h), fitted on an asymptotic range chosen automatically: points whose error is above the
 //! reference's accuracy `floor`, starting from the three most refined ones and extending to
-//! coarser points while the fit stays straight (R^2 >= 0.99 and the new secant slope within
-//! 25% of the fitted slope). The fit reports the range, R^2 and a 95% Student-t interval
+//! coarser points while the fit stays straight (the secant slope to the new point within 15% of
+//! the slope fitted so far, and R^2 >= 0.99 with it). The fit reports the range, R^2 and a 95% Student-t interval
 //! slope +- t_{0.975, n-2} SE(slope).
 
 use crate::error::{Error, Result};
@@ -130,7 +130,7 @@ pub fn empirical_order(points: &[(f64, f64)], floor: f64, refine_up: bool) -> Op
         let cand = fit(from - 1)?;
         let (a, b) = (pts[from - 1], pts[from]);
         let secant = (b.1 - a.1) / (b.0 - a.0);
-        if cand.r2 < 0.99 || (secant - cand.slope).abs() > 0.25 * cand.slope.abs() {
+        if cand.r2 < 0.99 || (secant - best.slope).abs() > 0.15 * best.slope.abs() {
             break;
         }
         from -= 1;

@@ -191,7 +191,11 @@ pub fn grid_spec(name: &str, steps: usize, s: &dyn Schedule) -> String {
     match name {
         "karras" | "exponential" => {
             let rho = |t: f64| s.sigma(t) / s.alpha(t);
-            format!("{name}:steps={steps},sigma_max={},sigma_min={}", rho(a), rho(b))
+            format!(
+                "{name}:steps={steps},sigma_max={},sigma_min={}",
+                rho(a),
+                rho(b)
+            )
         }
         _ => format!("{name}:steps={steps},t_start={a},t_end={b}"),
     }
@@ -207,9 +211,12 @@ struct GroupData {
     laws: Option<(GaussianLaw, GaussianLaw, GaussianLaw)>,
 }
 
+/// A group's data, computed once by the first unit that needs it (an error kept as its message).
+type GroupCell = OnceLock<std::result::Result<Arc<GroupData>, String>>;
+
 #[derive(Default)]
 pub struct Convergence {
-    cache: Mutex<HashMap<String, Arc<OnceLock<std::result::Result<Arc<GroupData>, String>>>>>,
+    cache: Mutex<HashMap<String, Arc<GroupCell>>>,
 }
 
 fn split(key: &str) -> (&str, &str, &str, &str) {
@@ -235,9 +242,13 @@ impl Convergence {
             .entry(key.to_string())
             .or_default()
             .clone();
-        cell.get_or_init(|| build_group(config, key).map(Arc::new).map_err(|e| e.to_string()))
-            .clone()
-            .map_err(Error::Domain)
+        cell.get_or_init(|| {
+            build_group(config, key)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(Error::Domain)
     }
 }
 
@@ -390,7 +401,9 @@ impl Study for Convergence {
             last_steps = steps;
             let grid = grid_of(steps)?;
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
-            if !close(grid.times[0], g.info.t_start) || !close(*grid.times.last().unwrap(), g.info.t_end) {
+            if !close(grid.times[0], g.info.t_start)
+                || !close(*grid.times.last().unwrap(), g.info.t_end)
+            {
                 return Err(Error::Domain(format!(
                     "grid '{}' does not span the group's range",
                     grid.spec()
@@ -456,7 +469,8 @@ impl Study for Convergence {
                 let p0 = pts[0];
                 let group = format!("{}|{}|{}", p0.problem, p0.schedule, p0.grid);
                 let floor = floors.get(group.as_str()).cloned().unwrap_or(0.0);
-                let by_nfe: Vec<(f64, f64)> = pts.iter().map(|p| (p.nfe as f64, p.err_rms)).collect();
+                let by_nfe: Vec<(f64, f64)> =
+                    pts.iter().map(|p| (p.nfe as f64, p.err_rms)).collect();
                 let by_h: Vec<(f64, f64)> = pts.iter().map(|p| (p.h, p.err_rms)).collect();
                 Fit {
                     problem: p0.problem.clone(),

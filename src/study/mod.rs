@@ -138,7 +138,11 @@ pub trait Study: Sync {
     fn units(config: &Self::Config) -> Result<Vec<Unit>>;
     /// The points of unit `units[i]` and the information of its group.
     fn run(&self, config: &Self::Config, unit: &Unit) -> Result<(Self::Group, Vec<Self::Point>)>;
-    fn summarize(config: &Self::Config, groups: &[Self::Group], points: &[Self::Point]) -> Self::Summary;
+    fn summarize(
+        config: &Self::Config,
+        groups: &[Self::Group],
+        points: &[Self::Point],
+    ) -> Self::Summary;
 }
 
 /// A results file.
@@ -161,9 +165,17 @@ pub struct Doc<S: Study> {
 pub fn read<S: Study>(path: &Path) -> Result<Doc<S>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::invalid(path.display().to_string(), None, format!("not valid JSON: {e}"))
+        Error::invalid(
+            path.display().to_string(),
+            None,
+            format!("not valid JSON: {e}"),
+        )
     })?;
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
     if kind != S::KIND {
         return Err(Error::invalid(
             path.display().to_string(),
@@ -172,7 +184,11 @@ pub fn read<S: Study>(path: &Path) -> Result<Doc<S>> {
         ));
     }
     serde_json::from_value(value).map_err(|e| {
-        Error::invalid(path.display().to_string(), None, format!("malformed '{kind}' results: {e}"))
+        Error::invalid(
+            path.display().to_string(),
+            None,
+            format!("malformed '{kind}' results: {e}"),
+        )
     })
 }
 
@@ -180,14 +196,22 @@ pub fn read<S: Study>(path: &Path) -> Result<Doc<S>> {
 pub fn kind_of(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::invalid(path.display().to_string(), None, format!("not valid JSON: {e}"))
+        Error::invalid(
+            path.display().to_string(),
+            None,
+            format!("not valid JSON: {e}"),
+        )
     })?;
     value
         .get("kind")
         .and_then(|k| k.as_str())
         .map(String::from)
         .ok_or_else(|| {
-            Error::invalid(path.display().to_string(), Some("kind".into()), "missing or not a string")
+            Error::invalid(
+                path.display().to_string(),
+                Some("kind".into()),
+                "missing or not a string",
+            )
         })
 }
 
@@ -200,7 +224,7 @@ fn write<S: Study>(path: &Path, doc: &Doc<S>) -> Result<()> {
 fn assemble<S: Study>(
     config: &S::Config,
     units: &[Unit],
-    done: &HashMap<String, (S::Group, Vec<S::Point>)>,
+    done: &Finished<S>,
     provenance: Provenance,
     shard: Option<String>,
     merged_from: Vec<Provenance>,
@@ -229,22 +253,35 @@ fn assemble<S: Study>(
     }
 }
 
+/// Finished units: key -> (group information, points).
+type Finished<S> = HashMap<String, (<S as Study>::Group, Vec<<S as Study>::Point>)>;
+
 /// Splits a document back into finished units.
-fn finished<S: Study>(
-    doc: Doc<S>,
-    units: &[Unit],
-    source: &str,
-) -> Result<HashMap<String, (S::Group, Vec<S::Point>)>> {
-    let group_of: HashMap<&str, &str> = units.iter().map(|u| (u.key.as_str(), u.group.as_str())).collect();
-    let groups: HashMap<String, S::Group> =
-        doc.groups.into_iter().map(|g| (g.key().to_string(), g)).collect();
+fn finished<S: Study>(doc: Doc<S>, units: &[Unit], source: &str) -> Result<Finished<S>> {
+    let group_of: HashMap<&str, &str> = units
+        .iter()
+        .map(|u| (u.key.as_str(), u.group.as_str()))
+        .collect();
+    let groups: HashMap<String, S::Group> = doc
+        .groups
+        .into_iter()
+        .map(|g| (g.key().to_string(), g))
+        .collect();
     let mut out: HashMap<String, (S::Group, Vec<S::Point>)> = HashMap::new();
     for p in doc.points {
         let gkey = group_of.get(p.key()).ok_or_else(|| {
-            Error::invalid(source, Some("points".into()), format!("unit '{}' is not in the config", p.key()))
+            Error::invalid(
+                source,
+                Some("points".into()),
+                format!("unit '{}' is not in the config", p.key()),
+            )
         })?;
         let g = groups.get(*gkey).ok_or_else(|| {
-            Error::invalid(source, Some("groups".into()), format!("group '{gkey}' is missing"))
+            Error::invalid(
+                source,
+                Some("groups".into()),
+                format!("group '{gkey}' is missing"),
+            )
         })?;
         out.entry(p.key().to_string())
             .or_insert_with(|| (g.clone(), Vec::new()))
@@ -303,7 +340,11 @@ pub fn run<S: Study>(
         }
         done = finished::<S>(old, &units, &source)?;
     }
-    let pending: Vec<&Unit> = mine.iter().filter(|u| !done.contains_key(&u.key)).cloned().collect();
+    let pending: Vec<&Unit> = mine
+        .iter()
+        .filter(|u| !done.contains_key(&u.key))
+        .cloned()
+        .collect();
     let provenance = Provenance::now(seed);
     let shard_text = shard.map(|s| s.to_string());
     let bar = progress(mine.len() as u64, S::KIND);
@@ -315,7 +356,14 @@ pub fn run<S: Study>(
         guard.0.insert(unit.key.clone(), result);
         bar.inc(1);
         if guard.1.elapsed() > Duration::from_secs(10) {
-            let doc = assemble::<S>(config, &units, &guard.0, provenance.clone(), shard_text.clone(), vec![]);
+            let doc = assemble::<S>(
+                config,
+                &units,
+                &guard.0,
+                provenance.clone(),
+                shard_text.clone(),
+                vec![],
+            );
             write(out, &doc)?;
             guard.1 = Instant::now();
         }
@@ -332,7 +380,7 @@ pub fn run<S: Study>(
 /// written to `out`. Units present in several files must agree exactly.
 pub fn merge<S: Study>(inputs: &[&Path], out: &Path) -> Result<Doc<S>> {
     let mut config: Option<S::Config> = None;
-    let mut all: HashMap<String, (S::Group, Vec<S::Point>)> = HashMap::new();
+    let mut all: Finished<S> = HashMap::new();
     let mut sources = Vec::new();
     let mut units = Vec::new();
     for path in inputs {
@@ -392,6 +440,25 @@ pub fn group_by<T, K: Ord + Clone>(items: &[T], key: impl Fn(&T) -> K) -> Vec<(K
             (k, v)
         })
         .collect()
+}
+
+/// Parses the command line; a usage error is one line on stderr and exit status 2 (help and
+/// version print in full and exit 0).
+pub fn cli_args<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        if e.use_stderr() {
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("error: bad arguments")
+            );
+            std::process::exit(2);
+        }
+        let _ = e.print();
+        std::process::exit(0)
+    })
 }
 
 /// A stable 64-bit hash (FNV-1a) of a key, to derive per-unit seeds independent of order.

@@ -26,7 +26,7 @@ use super::{seed_for, Keyed, Study, Unit};
 use crate::error::{Error, Result};
 use crate::gaussian_flow::GaussianFlow;
 use crate::grid::Grid;
-use crate::metrics::distribution::assignment_cost;
+use crate::metrics::distribution::{assignment_cost, MAX_ASSIGNMENT};
 use crate::metrics::GaussianLaw;
 use crate::prediction::Prediction;
 use crate::problems;
@@ -116,7 +116,12 @@ pub struct OtGap;
 
 /// Grid times from T down to sigma/alpha = 1e-4 (segment ends and 16 Gauss-Legendre nodes each,
 /// uniform in lambda), then t_end; and the quadrature (index into times, weight in t).
-fn nodes(s: &dyn schedule::Schedule, t0: f64, t_end: f64, segments: usize) -> (Vec<f64>, Vec<(usize, f64)>, usize) {
+fn nodes(
+    s: &dyn schedule::Schedule,
+    t0: f64,
+    t_end: f64,
+    segments: usize,
+) -> (Vec<f64>, Vec<(usize, f64)>, usize) {
     let l0 = s.lambda(t0);
     let l1 = s.lambda(t_end).min(1e-4f64.recip().ln());
     let h = (l1 - l0) / segments as f64;
@@ -133,7 +138,11 @@ fn nodes(s: &dyn schedule::Schedule, t0: f64, t_end: f64, segments: usize) -> (V
             quad.push((times.len(), 0.5 * h * w / dlambda_dt.abs()));
             times.push(t);
         }
-        times.push(if k + 1 == segments { s.t_of_lambda(l1) } else { s.t_of_lambda(a + h) });
+        times.push(if k + 1 == segments {
+            s.t_of_lambda(l1)
+        } else {
+            s.t_of_lambda(a + h)
+        });
     }
     let tail = times.len() - 1;
     if t_end < times[tail] {
@@ -163,8 +172,11 @@ impl Study for OtGap {
                 });
             }
         }
-        if config.samples < 2 || config.segments == 0 {
-            return Err(Error::Domain("ot_gap needs samples >= 2 and segments >= 1".into()));
+        if config.samples < 2 || config.samples > MAX_ASSIGNMENT || config.segments == 0 {
+            return Err(Error::Domain(format!(
+                "ot_gap needs 2 <= samples <= {MAX_ASSIGNMENT} (exact assignment) and segments >= 1; got samples = {}, segments = {}",
+                config.samples, config.segments
+            )));
         }
         Ok(units)
     }
@@ -179,7 +191,12 @@ impl Study for OtGap {
         let (times, quad, tail) = nodes(s, t0, t_end, config.segments);
         let grid = Grid::explicit(times.clone(), "ot_gap nodes", s)?;
         let (at0, at_end) = (s.level(t0), s.level(t_end));
-        let x_t = mixture.sample(config.samples, at0.alpha, at0.sigma, seed_for(config.seed, &unit.key));
+        let x_t = mixture.sample(
+            config.samples,
+            at0.alpha,
+            at0.sigma,
+            seed_for(config.seed, &unit.key),
+        );
         let env = Env {
             schedule: s,
             mixture: Some(&mixture),
@@ -260,7 +277,12 @@ impl Study for OtGap {
             path_excess,
             trajectories,
         };
-        Ok((Group { key: unit.key.clone() }, vec![point]))
+        Ok((
+            Group {
+                key: unit.key.clone(),
+            },
+            vec![point],
+        ))
     }
 
     fn summarize(_: &Config, _: &[Group], _: &[Point]) -> Summary {

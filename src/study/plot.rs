@@ -31,7 +31,11 @@ fn err<E: std::fmt::Debug>(e: E) -> Error {
 fn fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 
@@ -70,9 +74,16 @@ fn footer<DB: DrawingBackend>(area: &Area<DB>, p: &Provenance) -> Result<Area<DB
     let (w, h) = area.dim_in_pixel();
     let (main, foot) = area.split_vertically(h - 18);
     let rev: String = p.git_revision.chars().take(12).collect();
-    let text = format!("pfode {} @ {rev} | {} | seed {}", p.pfode_version, p.command, p.seed);
-    foot.draw(&Text::new(text, (6, 2), ("sans-serif", 11).into_font().color(&RGBColor(90, 90, 90))))
-        .map_err(err)?;
+    let text = format!(
+        "pfode {} @ {rev} | {} | seed {}",
+        p.pfode_version, p.command, p.seed
+    );
+    foot.draw(&Text::new(
+        text,
+        (6, 2),
+        ("sans-serif", 11).into_font().color(&RGBColor(90, 90, 90)),
+    ))
+    .map_err(err)?;
     let _ = w;
     Ok(main)
 }
@@ -161,13 +172,16 @@ fn convergence_panel<DB: DrawingBackend>(
     Ok(())
 }
 
+/// (order, 95% half-width, declared order) of a (solver, schedule).
+type OrderOf<'a> = dyn Fn(&str, &str) -> Option<(f64, f64, usize)> + 'a;
+
 /// Horizontal bars: one row per solver, one bar per schedule, 95% whiskers, declared-order ticks.
 fn order_panel<DB: DrawingBackend>(
     area: &Area<DB>,
     title: &str,
     solvers: &[String],
     schedules: &[String],
-    value: &dyn Fn(&str, &str) -> Option<(f64, f64, usize)>,
+    value: &OrderOf,
 ) -> Result<()> {
     let n = solvers.len();
     let right = solvers
@@ -209,13 +223,22 @@ fn order_panel<DB: DrawingBackend>(
             if let Some((o, ci, d)) = value(s, sched) {
                 let y1 = n as f64 - i as f64 - 0.1 - j as f64 * w;
                 let y0 = y1 - 0.9 * w;
-                bars.push(Rectangle::new([(0.0, y0), (o.clamp(0.0, right), y1)], c.mix(0.8).filled()));
+                bars.push(Rectangle::new(
+                    [(0.0, y0), (o.clamp(0.0, right), y1)],
+                    c.mix(0.8).filled(),
+                ));
                 let ym = 0.5 * (y0 + y1);
                 whiskers.push(PathElement::new(
-                    vec![((o - ci).clamp(0.0, right), ym), ((o + ci).clamp(0.0, right), ym)],
+                    vec![
+                        ((o - ci).clamp(0.0, right), ym),
+                        ((o + ci).clamp(0.0, right), ym),
+                    ],
                     BLACK.stroke_width(1),
                 ));
-                ticks.push(PathElement::new(vec![(d as f64, y0), (d as f64, y1)], BLACK.stroke_width(2)));
+                ticks.push(PathElement::new(
+                    vec![(d as f64, y0), (d as f64, y1)],
+                    BLACK.stroke_width(2),
+                ));
             }
         }
         chart
@@ -256,26 +279,40 @@ pub fn convergence(doc: &Doc<Convergence>, dir: &Path) -> Result<Vec<PathBuf>> {
         for (grid, rows) in group_by(&rows, |p| p.grid.clone()) {
             let schedules = unique(rows.iter().map(|p| p.schedule.clone()));
             let stem = dir.join(format!("convergence_{problem}_{grid}"));
-            let cols = schedules.len().min(2).max(1);
+            let cols = schedules.len().clamp(1, 2);
             let nrows = schedules.len().div_ceil(cols);
             let size = (620 * cols as u32, 470 * nrows as u32 + 18);
             render!(&stem, size, out, |root| {
                 let main = footer(&root, &doc.provenance)?;
                 let panels = main.split_evenly((nrows, cols));
                 for (sched, panel) in schedules.iter().zip(panels.iter()) {
-                    let pts: Vec<&ConvPoint> = rows.iter().filter(|p| &p.schedule == sched).map(|p| **p).collect();
+                    let pts: Vec<&ConvPoint> = rows
+                        .iter()
+                        .filter(|p| &p.schedule == sched)
+                        .map(|p| **p)
+                        .collect();
                     let solvers = unique(pts.iter().map(|p| p.solver.clone()));
                     let orders: Vec<(String, Option<f64>)> = solvers
                         .into_iter()
                         .map(|s| {
                             let o = fits
                                 .iter()
-                                .find(|f| f.problem == problem && f.grid == grid && &f.schedule == sched && f.solver == s)
+                                .find(|f| {
+                                    f.problem == problem
+                                        && f.grid == grid
+                                        && &f.schedule == sched
+                                        && f.solver == s
+                                })
                                 .and_then(|f| f.order_nfe.map(|o| o.order));
                             (s, o)
                         })
                         .collect();
-                    convergence_panel(panel, &format!("{problem}, {sched}, {grid} grid"), &pts, &orders)?;
+                    convergence_panel(
+                        panel,
+                        &format!("{problem}, {sched}, {grid} grid"),
+                        &pts,
+                        &orders,
+                    )?;
                 }
             });
         }
@@ -289,7 +326,10 @@ pub fn convergence(doc: &Doc<Convergence>, dir: &Path) -> Result<Vec<PathBuf>> {
             let main = footer(&root, &doc.provenance)?;
             let panels = main.split_evenly((1, cols));
             for (problem, panel) in problems.iter().zip(panels.iter()) {
-                let rows: Vec<_> = fits.iter().filter(|f| &f.problem == problem && f.grid == grid).collect();
+                let rows: Vec<_> = fits
+                    .iter()
+                    .filter(|f| &f.problem == problem && f.grid == grid)
+                    .collect();
                 let solvers = unique(rows.iter().map(|f| f.solver.clone()));
                 let schedules = unique(rows.iter().map(|f| f.schedule.clone()));
                 let value = |s: &str, c: &str| {
@@ -310,7 +350,13 @@ pub fn convergence(doc: &Doc<Convergence>, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn density(mixture: &GaussianMixture, alpha: f64, sigma: f64, r: f64, n: usize) -> Result<Array2<f64>> {
+fn density(
+    mixture: &GaussianMixture,
+    alpha: f64,
+    sigma: f64,
+    r: f64,
+    n: usize,
+) -> Result<Array2<f64>> {
     let at = crate::schedule::NoiseLevel {
         t: 0.0,
         alpha,
@@ -320,9 +366,15 @@ fn density(mixture: &GaussianMixture, alpha: f64, sigma: f64, r: f64, n: usize) 
         sigma_dsigma: 0.0,
     };
     let c = |i: usize| -r + 2.0 * r * (i as f64 + 0.5) / n as f64;
-    let x = Array2::from_shape_fn((n * n, 2), |(k, j)| if j == 0 { c(k % n) } else { c(k / n) });
+    let x = Array2::from_shape_fn(
+        (n * n, 2),
+        |(k, j)| if j == 0 { c(k % n) } else { c(k / n) },
+    );
     let lp = mixture.log_density(x.view(), &at)?;
-    Ok(lp.into_shape_with_order((n, n)).map_err(err)?.mapv(f64::exp))
+    Ok(lp
+        .into_shape_with_order((n, n))
+        .map_err(err)?
+        .mapv(f64::exp))
 }
 
 /// The figures of an ot_gap results file.
@@ -336,7 +388,8 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
     render!(&stem, (1200u32, 520u32), out, |root| {
         let main = footer(&root, &doc.provenance)?;
         let panels = main.split_evenly((1, 2));
-        let metrics: [(&str, fn(&super::ot_gap::Point) -> f64); 2] = [
+        type Metric = fn(&super::ot_gap::Point) -> f64;
+        let metrics: [(&str, Metric); 2] = [
             ("straightness (excess kinetic energy)", |p| p.straightness),
             ("path length / chord - 1", |p| p.path_excess),
         ];
@@ -372,9 +425,15 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                 let mut bars = Vec::new();
                 let mut labels = Vec::new();
                 for (i, prob) in problems.iter().enumerate() {
-                    if let Some(p) = pts.iter().find(|p| &p.problem == prob && &p.schedule == sched) {
+                    if let Some(p) = pts
+                        .iter()
+                        .find(|p| &p.problem == prob && &p.schedule == sched)
+                    {
                         let x0 = i as f64 + 0.1 + j as f64 * w;
-                        bars.push(Rectangle::new([(x0, 0.0), (x0 + 0.9 * w, f(p))], c.mix(0.8).filled()));
+                        bars.push(Rectangle::new(
+                            [(x0, 0.0), (x0 + 0.9 * w, f(p))],
+                            c.mix(0.8).filled(),
+                        ));
                         labels.push(Text::new(
                             format!("gap {:.0e}", p.rel_gap.abs()),
                             (x0, f(p) + top * 0.02),
@@ -386,7 +445,9 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                     .draw_series(bars)
                     .map_err(err)?
                     .label(sched.as_str())
-                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled())
+                    });
                 chart.draw_series(labels).map_err(err)?;
             }
             chart
@@ -400,7 +461,10 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
         }
     });
     for problem in &problems {
-        let rows: Vec<_> = pts.iter().filter(|p| &p.problem == problem && p.trajectories.is_some()).collect();
+        let rows: Vec<_> = pts
+            .iter()
+            .filter(|p| &p.problem == problem && p.trajectories.is_some())
+            .collect();
         if rows.is_empty() {
             continue;
         }
@@ -420,7 +484,9 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                         0
                     } else {
                         (0..rho.len())
-                            .min_by(|&a, &b| (rho[a] - level).abs().total_cmp(&(rho[b] - level).abs()))
+                            .min_by(|&a, &b| {
+                                (rho[a] - level).abs().total_cmp(&(rho[b] - level).abs())
+                            })
                             .unwrap_or(0)
                     };
                     let t = tr.times[k];
@@ -450,16 +516,30 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                             let shade = (255.0 * (1.0 - 0.55 * band)) as u8;
                             let x = -radius + i as f64 * cell;
                             let y = -radius + j as f64 * cell;
-                            Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled())
+                            Rectangle::new(
+                                [(x, y), (x + cell, y + cell)],
+                                RGBColor(shade, shade, 255).filled(),
+                            )
                         }))
                         .map_err(err)?;
                     for path in &tr.paths {
                         let inside = |q: &[f64; 2]| q[0].abs().max(q[1].abs()) < radius;
-                        let first = (0..=k).rev().take_while(|&i| inside(&path[i])).last().unwrap_or(k);
-                        let seg: Vec<(f64, f64)> = path[first..=k].iter().map(|q| (q[0], q[1])).collect();
-                        chart.draw_series(LineSeries::new(seg, RGBColor(200, 60, 40).mix(0.6))).map_err(err)?;
+                        let first = (0..=k)
+                            .rev()
+                            .take_while(|&i| inside(&path[i]))
+                            .last()
+                            .unwrap_or(k);
+                        let seg: Vec<(f64, f64)> =
+                            path[first..=k].iter().map(|q| (q[0], q[1])).collect();
                         chart
-                            .draw_series(std::iter::once(Circle::new((path[k][0], path[k][1]), 2, BLACK.filled())))
+                            .draw_series(LineSeries::new(seg, RGBColor(200, 60, 40).mix(0.6)))
+                            .map_err(err)?;
+                        chart
+                            .draw_series(std::iter::once(Circle::new(
+                                (path[k][0], path[k][1]),
+                                2,
+                                BLACK.filled(),
+                            )))
                             .map_err(err)?;
                     }
                 }

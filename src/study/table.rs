@@ -39,14 +39,22 @@ fn argbest(values: &[Option<f64>], smaller: bool) -> Option<usize> {
         .iter()
         .enumerate()
         .filter_map(|(i, v)| v.map(|v| (i, v)))
-        .min_by(|a, b| if smaller { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) })
+        .min_by(|a, b| {
+            if smaller {
+                a.1.total_cmp(&b.1)
+            } else {
+                b.1.total_cmp(&a.1)
+            }
+        })
         .map(|(i, _)| i)
 }
 
 /// The convergence tables.
 pub fn convergence(doc: &Doc<Convergence>) -> Vec<Table> {
     let mut tables = Vec::new();
-    for (key, pts) in group_by(&doc.points, |p| (p.problem.clone(), p.schedule.clone(), p.grid.clone())) {
+    for (key, pts) in group_by(&doc.points, |p| {
+        (p.problem.clone(), p.schedule.clone(), p.grid.clone())
+    }) {
         let mut header = vec!["solver".to_string()];
         header.extend(NFE_COLUMNS.iter().map(|n| format!("NFE {n}")));
         header.push("order (95% CI)".into());
@@ -83,7 +91,10 @@ pub fn convergence(doc: &Doc<Convergence>) -> Vec<Table> {
             }
         }
         tables.push(Table {
-            title: format!("{}, {}, {} grid: RMS error vs NFE and empirical order", key.0, key.1, key.2),
+            title: format!(
+                "{}, {}, {} grid: RMS error vs NFE and empirical order",
+                key.0, key.1, key.2
+            ),
             header,
             rows,
             bold,
@@ -128,7 +139,10 @@ pub fn ot_gap(doc: &Doc<OtGap>) -> Vec<Table> {
         .collect();
     let bold = vec![vec![false; header.len()]; rows.len()];
     vec![Table {
-        title: format!("Optimal-transport gap and straightness of the PF-ODE map ({} samples)", doc.config.samples),
+        title: format!(
+            "Optimal-transport gap and straightness of the PF-ODE map ({} samples)",
+            doc.config.samples
+        ),
         header,
         rows,
         bold,
@@ -136,18 +150,32 @@ pub fn ot_gap(doc: &Doc<OtGap>) -> Vec<Table> {
 }
 
 fn origin(p: &Provenance) -> String {
-    format!("made by `{}` (seed {}, pfode {} @ {})", p.command, p.seed, p.pfode_version, p.git_revision)
+    format!(
+        "made by `{}` (seed {}, pfode {} @ {})",
+        p.command, p.seed, p.pfode_version, p.git_revision
+    )
 }
 
 pub fn markdown(tables: &[Table], p: &Provenance) -> String {
     let mut s = format!("<!-- {} -->\n", origin(p));
     for t in tables {
-        s += &format!("\n### {}\n\n| {} |\n|{}\n", t.title, t.header.join(" | "), "---|".repeat(t.header.len()));
+        s += &format!(
+            "\n### {}\n\n| {} |\n|{}\n",
+            t.title,
+            t.header.join(" | "),
+            "---|".repeat(t.header.len())
+        );
         for (row, bold) in t.rows.iter().zip(&t.bold) {
             let cells: Vec<String> = row
                 .iter()
                 .zip(bold)
-                .map(|(c, &b)| if b && !c.is_empty() { format!("**{c}**") } else { c.clone() })
+                .map(|(c, &b)| {
+                    if b && !c.is_empty() {
+                        format!("**{c}**")
+                    } else {
+                        c.clone()
+                    }
+                })
                 .collect();
             s += &format!("| {} |\n", cells.join(" | "));
         }
