@@ -5,9 +5,8 @@
 //! `problems --check FILE...` validates mixture files and prints one summary line per file.
 
 use clap::Parser;
-use pfode::gmm::{GaussianMixture, MixtureSpec};
-use pfode::{io, problems, Result};
-use serde_json::json;
+use pfode::gmm::GaussianMixture;
+use pfode::{problems, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -51,20 +50,9 @@ fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let revision = io::git_revision();
-    for name in problems::PROBLEMS {
-        let spec: MixtureSpec = problems::builtin(name)?;
-        let mixture = GaussianMixture::new(spec.clone(), name)?;
-        let provenance = json!({
-            "command": "cargo run --release --bin problems",
-            "generator": format!("pfode::problems::builtin(\"{name}\")"),
-            "seed": problems::seed(name),
-            "pfode_version": env!("CARGO_PKG_VERSION"),
-            "git_revision": revision,
-        });
-        let text = spec.to_json(&[("name", json!(name)), ("provenance", provenance)]);
-        let path = args.out.join(format!("{name}.json"));
-        io::write_atomic(&path, text.as_bytes())?;
+    for (name, mixture, path) in
+        problems::write_builtins(&args.out, "cargo run --release --bin problems")?
+    {
         println!("{}  ->  {}", summary(name, &mixture), path.display());
     }
     Ok(())

@@ -6,14 +6,14 @@ use clap::Parser;
 use pfode::study::convergence::{self, Convergence};
 use pfode::study::ot_gap::{self, OtGap};
 use pfode::study::{plot, run, table};
-use pfode::{io, Result};
+use pfode::{io, problems, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "study",
     about = "The main study: convergence + ot_gap on the built-in problems, then plots and tables",
-    after_help = "Writes DIR/convergence.json, DIR/ot_gap.json, DIR/plots/*.png|svg and DIR/tables/*.md|tex.\n\
+    after_help = "Writes DIR/problems/*.json (the built-in problems), DIR/convergence.json, DIR/ot_gap.json, DIR/plots/*.png|svg and DIR/tables/*.md|tex.\n\
                   The configs are those of `convergence` and `ot_gap` without options (seed 1).\n\
                   Errors: one line on stderr, exit status 2."
 )]
@@ -27,6 +27,7 @@ struct Args {
 
 fn main_study(args: &Args) -> Result<()> {
     let dir = &args.out_dir;
+    problems::write_builtins(&dir.join("problems"), "cargo run --release --bin study")?;
     let conv_config = convergence::Config::main();
     let conv = run(
         &Convergence::default(),

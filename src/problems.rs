@@ -153,3 +153,32 @@ pub fn load(name_or_path: &str) -> Result<GaussianMixture> {
     }
     Err(unknown(name_or_path))
 }
+
+/// Writes every built-in problem to `dir/NAME.json` (atomically), each with a provenance block
+/// naming `command`, its generator, seed and the git revision; returns (name, mixture, path).
+pub fn write_builtins(
+    dir: &Path,
+    command: &str,
+) -> Result<Vec<(&'static str, GaussianMixture, std::path::PathBuf)>> {
+    let revision = crate::io::git_revision();
+    let mut out = Vec::new();
+    for name in PROBLEMS {
+        let spec: MixtureSpec = builtin(name)?;
+        let mixture = GaussianMixture::new(spec.clone(), name)?;
+        let provenance = serde_json::json!({
+            "command": command,
+            "generator": format!("pfode::problems::builtin(\"{name}\")"),
+            "seed": seed(name),
+            "pfode_version": env!("CARGO_PKG_VERSION"),
+            "git_revision": revision,
+        });
+        let text = spec.to_json(&[
+            ("name", serde_json::json!(name)),
+            ("provenance", provenance),
+        ]);
+        let path = dir.join(format!("{name}.json"));
+        crate::io::write_atomic(&path, text.as_bytes())?;
+        out.push((name, mixture, path));
+    }
+    Ok(out)
+}
