@@ -27,6 +27,7 @@ struct Args {
 
 fn main_study(args: &Args) -> Result<()> {
     let dir = &args.out_dir;
+    io::git_revision();
     problems::write_builtins(&dir.join("problems"), "cargo run --release --bin study")?;
     let conv_config = convergence::Config::main();
     let conv = run(

@@ -25,9 +25,15 @@ pub fn write_atomic(path: impl AsRef<Path>, contents: &[u8]) -> Result<()> {
     })
 }
 
-/// The git revision of the working tree (suffixed `-dirty` when it has uncommitted changes),
-/// or `unknown` outside a repository.
+/// The git revision of the working tree (suffixed `-dirty` when tracked files have uncommitted
+/// changes), or `unknown` outside a repository. Read once per process, so that a run which
+/// rewrites tracked result files records the revision it started from.
 pub fn git_revision() -> String {
+    static REVISION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REVISION.get_or_init(read_git_revision).clone()
+}
+
+fn read_git_revision() -> String {
     let run = |args: &[&str]| {
         Command::new("git")
             .args(args)

@@ -508,20 +508,28 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                         .build_cartesian_2d(-radius..radius, -radius..radius)
                         .map_err(err)?;
                     let cell = 2.0 * radius / n as f64;
-                    chart
-                        .draw_series((0..n * n).map(|idx| {
-                            let (i, j) = (idx % n, idx / n);
-                            let v = (dens[(j, i)] / dmax).powf(0.5);
-                            let band = (v * 6.0).floor() / 6.0;
-                            let shade = (255.0 * (1.0 - 0.55 * band)) as u8;
-                            let x = -radius + i as f64 * cell;
-                            let y = -radius + j as f64 * cell;
-                            Rectangle::new(
-                                [(x, y), (x + cell, y + cell)],
-                                RGBColor(shade, shade, 255).filled(),
-                            )
-                        }))
-                        .map_err(err)?;
+                    let band =
+                        |i: usize, j: usize| ((dens[(j, i)] / dmax).sqrt() * 6.0).floor() as u32;
+                    let mut rects = Vec::new();
+                    for j in 0..n {
+                        let mut i = 0;
+                        while i < n {
+                            let (b, start) = (band(i, j), i);
+                            while i < n && band(i, j) == b {
+                                i += 1;
+                            }
+                            if b > 0 {
+                                let shade = (255.0 * (1.0 - 0.55 * b.min(6) as f64 / 6.0)) as u8;
+                                let (x, y) =
+                                    (-radius + start as f64 * cell, -radius + j as f64 * cell);
+                                rects.push(Rectangle::new(
+                                    [(x, y), (x + (i - start) as f64 * cell, y + cell)],
+                                    RGBColor(shade, shade, 255).filled(),
+                                ));
+                            }
+                        }
+                    }
+                    chart.draw_series(rects).map_err(err)?;
                     for path in &tr.paths {
                         let inside = |q: &[f64; 2]| q[0].abs().max(q[1].abs()) < radius;
                         let first = (0..=k)
