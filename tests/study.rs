@@ -224,7 +224,7 @@ fn plots_and_tables_from_both_studies() {
     let md = std::fs::read_to_string(tables.join("convergence.md")).unwrap();
     assert!(md.starts_with("<!-- made by `"));
     assert!(
-        md.contains("| solver | NFE 5 | NFE 10 | NFE 20 | NFE 50 | order (95% CI) | declared |")
+        md.contains("| solver | NFE 5 | NFE 10 | NFE 20 | NFE 50 | order (95% CI) | order, median error | declared |")
     );
     assert!(md.contains("**"));
     let tex = std::fs::read_to_string(tables.join("ot_gap.tex")).unwrap();

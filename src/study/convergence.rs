@@ -10,7 +10,8 @@
 //! are recorded once).
 //!
 //! Each point records:
-//! - `err_rms`, `err_max`: per-sample Euclidean error against x_ref (RMS and max over samples);
+//! - `err_rms`, `err_median`, `err_max`: per-sample Euclidean error against x_ref (RMS, median and
+//!   max over samples);
 //! - single Gaussian: the exact output law (d + 1 probe runs, [`GaussianLaw`]) compared with the
 //!   exact marginal at the grid's last time: `w2`, `kl` for x_T ~ p_T, and `w2_std_prior`,
 //!   `kl_std_prior` for x_T ~ N(0, sigma_T^2 I) (prior plus discretization error);
@@ -20,7 +21,7 @@
 //!   The group's `*_ref` fields are the same metrics for x_ref: the Monte Carlo floor.
 //!
 //! The summary fits the empirical order of `err_rms` against NFE and against h (the largest
-//! lambda step of the grid) per solver, above the group's `floor` (1e-12 x scale for the closed
+//! lambda step of the grid) per solver, and of `err_median` against NFE, above the group's `floor` (1e-12 x scale for the closed
 //! form, 1e-10 x scale for the reference solver).
 
 use super::{seed_for, Keyed, Study, Unit};
@@ -130,6 +131,7 @@ pub struct Point {
     pub steps: usize,
     pub h: f64,
     pub err_rms: f64,
+    pub err_median: f64,
     pub err_max: f64,
     pub w2: Option<f64>,
     pub kl: Option<f64>,
@@ -152,6 +154,8 @@ pub struct Fit {
     pub declared_order: usize,
     pub order_nfe: Option<OrderFit>,
     pub order_h: Option<OrderFit>,
+    /// The order of the median per-sample error vs NFE.
+    pub order_nfe_median: Option<OrderFit>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -446,6 +450,7 @@ impl Study for Convergence {
                 steps,
                 h: max_lambda_step(&grid, s),
                 err_rms: err.rms,
+                err_median: err.median,
                 err_max: err.max,
                 w2,
                 kl,
@@ -472,6 +477,8 @@ impl Study for Convergence {
                 let by_nfe: Vec<(f64, f64)> =
                     pts.iter().map(|p| (p.nfe as f64, p.err_rms)).collect();
                 let by_h: Vec<(f64, f64)> = pts.iter().map(|p| (p.h, p.err_rms)).collect();
+                let median: Vec<(f64, f64)> =
+                    pts.iter().map(|p| (p.nfe as f64, p.err_median)).collect();
                 Fit {
                     problem: p0.problem.clone(),
                     schedule: p0.schedule.clone(),
@@ -480,6 +487,7 @@ impl Study for Convergence {
                     declared_order: p0.declared_order,
                     order_nfe: empirical_order(&by_nfe, floor, true),
                     order_h: empirical_order(&by_h, floor, false),
+                    order_nfe_median: empirical_order(&median, floor, true),
                 }
             })
             .collect();

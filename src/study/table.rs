@@ -1,7 +1,8 @@
 //! Tables from results files, in Markdown and LaTeX (booktabs).
 //!
 //! - `convergence`: per problem, schedule and grid, the RMS error at NFE 5, 10, 20 and 50 and the
-//!   empirical order vs NFE with its 95% interval, per solver; the smallest error of each column
+//!   empirical order vs NFE with its 95% interval (of the RMS and of the median error), per
+//!   solver; the smallest error of each column
 //!   and the highest order are in bold. A cell is empty where the solver cannot spend that NFE
 //!   exactly (it ran the largest step count within it; the NFE actually used is then given in
 //!   brackets).
@@ -58,9 +59,10 @@ pub fn convergence(doc: &Doc<Convergence>) -> Vec<Table> {
         let mut header = vec!["solver".to_string()];
         header.extend(NFE_COLUMNS.iter().map(|n| format!("NFE {n}")));
         header.push("order (95% CI)".into());
+        header.push("order, median error".into());
         header.push("declared".into());
         let mut rows = Vec::new();
-        let mut values: Vec<Vec<Option<f64>>> = vec![Vec::new(); NFE_COLUMNS.len() + 1];
+        let mut values: Vec<Vec<Option<f64>>> = vec![Vec::new(); NFE_COLUMNS.len() + 2];
         for (solver, spts) in group_by(&pts, |p| p.solver.clone()) {
             let mut row = vec![solver.clone()];
             for (c, &n) in NFE_COLUMNS.iter().enumerate() {
@@ -75,12 +77,19 @@ pub fn convergence(doc: &Doc<Convergence>) -> Vec<Table> {
             let fit = doc.summary.fits.iter().find(|f| {
                 (&f.problem, &f.schedule, &f.grid, &f.solver) == (&key.0, &key.1, &key.2, &solver)
             });
-            let order = fit.and_then(|f| f.order_nfe);
-            values[NFE_COLUMNS.len()].push(order.map(|o| o.order));
-            row.push(match order {
-                Some(o) => format!("{:.2} ± {:.2} [{}-{}]", o.order, o.ci95, o.lo, o.hi),
-                None => "n/a".into(),
-            });
+            for (c, order) in [
+                fit.and_then(|f| f.order_nfe),
+                fit.and_then(|f| f.order_nfe_median),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                values[NFE_COLUMNS.len() + c].push(order.map(|o| o.order));
+                row.push(match order {
+                    Some(o) => format!("{:.2} ± {:.2} [{}-{}]", o.order, o.ci95, o.lo, o.hi),
+                    None => "n/a".into(),
+                });
+            }
             row.push(spts[0].declared_order.to_string());
             rows.push(row);
         }
