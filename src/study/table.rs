@@ -2,10 +2,10 @@
 //!
 //! - `convergence`: per problem, schedule and grid, the RMS error at NFE 5, 10, 20 and 50 and the
 //!   empirical order vs NFE with its 95% interval (of the RMS and of the median error), per
-//!   solver; the smallest error of each column
-//!   and the highest order are in bold. A cell is empty where the solver cannot spend that NFE
-//!   exactly (it ran the largest step count within it; the NFE actually used is then given in
-//!   brackets).
+//!   solver. The smallest error of each NFE column is in bold; orders are not ranked (a high
+//!   order with a wide interval is no better). A cell is empty where the solver cannot spend that
+//!   NFE exactly and a smaller target already ran the same step count; otherwise the NFE actually
+//!   used, when it differs, is given in brackets.
 //! - `ot_gap`: per problem and schedule, the flow's coupling cost, the optimal assignment cost,
 //!   their relative gap, the closed-form W2^2 and the exact flow's coupling cost (single
 //!   Gaussians), straightness and path-length excess.
@@ -35,18 +35,13 @@ fn sci(v: f64) -> String {
     }
 }
 
-fn argbest(values: &[Option<f64>], smaller: bool) -> Option<usize> {
+/// The index of the smallest value.
+fn argbest(values: &[Option<f64>]) -> Option<usize> {
     values
         .iter()
         .enumerate()
         .filter_map(|(i, v)| v.map(|v| (i, v)))
-        .min_by(|a, b| {
-            if smaller {
-                a.1.total_cmp(&b.1)
-            } else {
-                b.1.total_cmp(&a.1)
-            }
-        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i)
 }
 
@@ -94,8 +89,8 @@ pub fn convergence(doc: &Doc<Convergence>) -> Vec<Table> {
             rows.push(row);
         }
         let mut bold = vec![vec![false; header.len()]; rows.len()];
-        for (c, col) in values.iter().enumerate() {
-            if let Some(i) = argbest(col, c < NFE_COLUMNS.len()) {
+        for (c, col) in values.iter().take(NFE_COLUMNS.len()).enumerate() {
+            if let Some(i) = argbest(col) {
                 bold[i][c + 1] = true;
             }
         }
