@@ -112,10 +112,10 @@ pub fn ot_gap(doc: &Doc<OtGap>) -> Vec<Table> {
     let header: Vec<String> = [
         "problem",
         "schedule",
-        "E|x0 - xT|^2 (flow)",
+        "flow coupling cost",
         "OT cost (assignment)",
         "relative gap",
-        "W2^2 closed form",
+        "W2^2 (closed form)",
         "exact flow cost",
         "straightness",
         "path excess",
