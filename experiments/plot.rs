@@ -2,7 +2,8 @@
 //! See `pfode::study::plot` for what each kind of file gives.
 
 use clap::Parser;
-use pfode::study::{self, convergence::Convergence, kind_of, ot_gap::OtGap, plot};
+use pfode::study::convergence::{Convergence, METRICS};
+use pfode::study::{self, kind_of, ot_gap::OtGap, plot};
 use pfode::{Error, Result};
 use std::path::PathBuf;
 
@@ -15,6 +16,10 @@ struct Args {
     results: PathBuf,
     #[arg(long, default_value = "results/plots")]
     out_dir: PathBuf,
+    /// Convergence files: the metric plotted against NFE (err_rms, err_median, err_max, w2, kl,
+    /// w2_std_prior, kl_std_prior, nll, sliced_w2, mmd2, w2_emp).
+    #[arg(long, default_value = "err_rms")]
+    metric: String,
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -22,8 +27,15 @@ fn run(args: &Args) -> Result<()> {
     let files = match kind_of(&args.results)?.as_str() {
         "convergence" => {
             let doc = study::read::<Convergence>(&args.results)?;
+            if !METRICS.contains(&args.metric.as_str()) {
+                return Err(Error::Domain(format!(
+                    "--metric: unknown metric '{}' (valid: {})",
+                    args.metric,
+                    METRICS.join(", ")
+                )));
+            }
             mkdir()?;
-            plot::convergence(&doc, &args.out_dir)?
+            plot::convergence(&doc, &args.out_dir, &args.metric)?
         }
         "ot_gap" => {
             let doc = study::read::<OtGap>(&args.results)?;

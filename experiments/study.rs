@@ -49,7 +49,7 @@ fn main_study(args: &Args) -> Result<()> {
     )?;
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| pfode::Error::io(&plots, e))?;
-    let mut files = plot::convergence(&conv, &plots)?;
+    let mut files = plot::convergence(&conv, &plots, "err_rms")?;
     files.extend(plot::ot_gap(&ot, &plots)?);
     let tables = dir.join("tables");
     for (kind, t, p) in [

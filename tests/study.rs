@@ -136,6 +136,11 @@ fn same_numbers_at_any_thread_count_with_shards_and_resume() {
     assert!(err.contains("different configuration"), "{err}");
     assert_eq!(std::fs::read_to_string(&partial).unwrap(), before);
 
+    // --timing records each point's wall time (work-precision data); off by default.
+    assert!(one["points"][0].get("wall_s").is_none());
+    let timed = convergence(&dir.join("timed.json"), &["--nfe", "5", "--timing"], 2);
+    assert!(timed["points"].as_array().unwrap().iter().all(|p| p["wall_s"].as_f64().is_some()));
+
     // Fitted orders: DDIM first order; DPM-Solver++(2M) second order on the Gaussian.
     let fits = one["summary"]["fits"].as_array().unwrap();
     let order = |problem: &str, sched: &str, solver: &str| {
@@ -212,6 +217,14 @@ fn plots_and_tables_from_both_studies() {
         let (code, _, err) = run("table", &[&r, "--out-dir", &td], 2);
         assert_eq!(code, 0, "{err}");
     }
+    let c = conv.display().to_string();
+    let (code, _, err) = run("plot", &[&c, "--metric", "w2", "--out-dir", &pd], 2);
+    assert_eq!(code, 0, "{err}");
+    assert!(plots.join("convergence_w2_gauss4_logsnr.svg").exists());
+    assert!(
+        !plots.join("convergence_w2_ring2d_logsnr.svg").exists(),
+        "no exact law on a mixture"
+    );
     for f in [
         "convergence_gauss4_logsnr.png",
         "convergence_ring2d_logsnr.svg",
@@ -245,6 +258,9 @@ fn bad_input_is_one_line_exit_2_and_no_output() {
         wrong_kind.display().to_string(),
     );
     let missing = dir.join("missing.json").display().to_string();
+    let conv_path = dir.join("conv.json");
+    convergence(&conv_path, &["--nfe", "5,10"], 2);
+    let conv = conv_path.display().to_string();
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         (
             "convergence",
@@ -311,6 +327,11 @@ fn bad_input_is_one_line_exit_2_and_no_output() {
         ),
         ("plot", vec![&missing, "--out-dir", &o], "missing.json"),
         ("plot", vec![&bj, "--out-dir", &o], "not valid JSON"),
+        (
+            "plot",
+            vec![&conv, "--metric", "fid", "--out-dir", &o],
+            "unknown metric 'fid'",
+        ),
         ("table", vec![&wk, "--out-dir", &o], "kind 'problem'"),
         ("merge", vec!["--out", &o, &bj], "not valid JSON"),
     ];

@@ -145,6 +145,42 @@ pub struct Point {
     pub wall_s: Option<f64>,
 }
 
+/// The per-point metrics a plot can show against NFE.
+pub const METRICS: [&str; 11] = [
+    "err_rms",
+    "err_median",
+    "err_max",
+    "w2",
+    "kl",
+    "w2_std_prior",
+    "kl_std_prior",
+    "nll",
+    "sliced_w2",
+    "mmd2",
+    "w2_emp",
+];
+
+impl Point {
+    /// The value of metric `name` (one of [`METRICS`]); `None` where the point has none (the
+    /// exact-law metrics on mixtures) or for an unknown name.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "err_rms" => Some(self.err_rms),
+            "err_median" => Some(self.err_median),
+            "err_max" => Some(self.err_max),
+            "w2" => self.w2,
+            "kl" => self.kl,
+            "w2_std_prior" => self.w2_std_prior,
+            "kl_std_prior" => self.kl_std_prior,
+            "nll" => Some(self.nll),
+            "sliced_w2" => Some(self.sliced_w2),
+            "mmd2" => Some(self.mmd2),
+            "w2_emp" => Some(self.w2_emp),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fit {
     pub problem: String,

@@ -9,7 +9,7 @@
 //!
 //! Every figure carries a footer with the git revision, command and seed of the results file.
 
-use super::convergence::{Convergence, Point as ConvPoint};
+use super::convergence::{Convergence, Point as ConvPoint, METRICS};
 use super::ot_gap::OtGap;
 use super::{group_by, Doc, Provenance};
 use crate::error::{Error, Result};
@@ -121,11 +121,12 @@ fn log_range(v: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 fn convergence_panel<DB: DrawingBackend>(
     area: &Area<DB>,
     title: &str,
+    metric: &str,
     points: &[&ConvPoint],
     fits: &[(String, Option<f64>)],
 ) -> Result<()> {
     let xr = log_range(points.iter().map(|p| p.nfe as f64));
-    let yr = log_range(points.iter().map(|p| p.err_rms));
+    let yr = log_range(points.iter().filter_map(|p| p.metric(metric)));
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(8)
@@ -136,7 +137,7 @@ fn convergence_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("NFE")
-        .y_desc("RMS error")
+        .y_desc(metric)
         .label_style(("sans-serif", 11))
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()
@@ -145,12 +146,14 @@ fn convergence_panel<DB: DrawingBackend>(
         let c = color(i);
         let pts: Vec<(f64, f64)> = points
             .iter()
-            .filter(|p| &p.solver == solver && p.err_rms > 0.0)
-            .map(|p| (p.nfe as f64, p.err_rms))
+            .filter(|p| &p.solver == solver)
+            .filter_map(|p| p.metric(metric).map(|v| (p.nfe as f64, v)))
+            .filter(|&(_, v)| v > 0.0)
             .collect();
         let label = match order {
             Some(o) => format!("{solver} (p = {o:.2})"),
-            None => format!("{solver} (p: n/a)"),
+            None if matches!(metric, "err_rms" | "err_median") => format!("{solver} (p: n/a)"),
+            None => solver.clone(),
         };
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
@@ -270,15 +273,30 @@ fn unique(v: impl Iterator<Item = String>) -> Vec<String> {
     out
 }
 
-/// The figures of a convergence results file.
-pub fn convergence(doc: &Doc<Convergence>, dir: &Path) -> Result<Vec<PathBuf>> {
+/// The figures of a convergence results file; the error-vs-NFE panels show `metric` (one of
+/// [`METRICS`]; files are named `convergence_{problem}_{grid}` for `err_rms`, and
+/// `convergence_{metric}_{problem}_{grid}` otherwise). Values <= 0 (an unbiased MMD^2 can be
+/// negative) are left out of the log axes.
+pub fn convergence(doc: &Doc<Convergence>, dir: &Path, metric: &str) -> Result<Vec<PathBuf>> {
+    if !METRICS.contains(&metric) {
+        return Err(Error::Domain(format!(
+            "unknown metric '{metric}' (valid: {})",
+            METRICS.join(", ")
+        )));
+    }
     fonts();
     let mut out = Vec::new();
     let fits = &doc.summary.fits;
     for (problem, rows) in group_by(&doc.points, |p| p.problem.clone()) {
         for (grid, rows) in group_by(&rows, |p| p.grid.clone()) {
             let schedules = unique(rows.iter().map(|p| p.schedule.clone()));
-            let stem = dir.join(format!("convergence_{problem}_{grid}"));
+            if !rows.iter().any(|p| p.metric(metric).is_some()) {
+                continue;
+            }
+            let stem = match metric {
+                "err_rms" => dir.join(format!("convergence_{problem}_{grid}")),
+                _ => dir.join(format!("convergence_{metric}_{problem}_{grid}")),
+            };
             let cols = schedules.len().clamp(1, 2);
             let nrows = schedules.len().div_ceil(cols);
             let size = (620 * cols as u32, 470 * nrows as u32 + 18);
@@ -303,13 +321,19 @@ pub fn convergence(doc: &Doc<Convergence>, dir: &Path) -> Result<Vec<PathBuf>> {
                                         && &f.schedule == sched
                                         && f.solver == s
                                 })
-                                .and_then(|f| f.order_nfe.map(|o| o.order));
+                                .and_then(|f| match metric {
+                                    "err_rms" => f.order_nfe,
+                                    "err_median" => f.order_nfe_median,
+                                    _ => None,
+                                })
+                                .map(|o| o.order);
                             (s, o)
                         })
                         .collect();
                     convergence_panel(
                         panel,
                         &format!("{problem}, {sched}, {grid} grid"),
+                        metric,
                         &pts,
                         &orders,
                     )?;
@@ -318,7 +342,11 @@ pub fn convergence(doc: &Doc<Convergence>, dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     let problems = unique(fits.iter().map(|f| f.problem.clone()));
-    if let Some(grid) = fits.first().map(|f| f.grid.clone()) {
+    if let Some(grid) = fits
+        .first()
+        .map(|f| f.grid.clone())
+        .filter(|_| metric == "err_rms")
+    {
         let stem = dir.join("orders");
         let cols = problems.len().clamp(1, 3);
         let size = (560 * cols as u32, 900 + 18);
