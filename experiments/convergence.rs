@@ -77,15 +77,15 @@ fn main() {
         reference: args.reference.unwrap_or(main.reference),
         timing: args.timing,
     };
-    if let Err(e) = study::run(
-        &Convergence::default(),
-        &config,
-        config.seed,
-        &args.out,
-        args.shard,
-        !args.fresh,
-    ) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
+    pfode::study::exit_on_error(
+        study::run(
+            &Convergence::default(),
+            &config,
+            config.seed,
+            &args.out,
+            args.shard,
+            !args.fresh,
+        )
+        .map(|_| ()),
+    );
 }

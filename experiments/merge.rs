@@ -37,8 +37,5 @@ fn run(args: &Args) -> Result<()> {
 
 fn main() {
     let args: Args = pfode::study::cli_args();
-    if let Err(e) = run(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
+    pfode::study::exit_on_error(run(&args));
 }

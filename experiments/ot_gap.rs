@@ -57,15 +57,15 @@ fn main() {
         segments: args.segments.unwrap_or(main.segments),
         paths: args.paths.unwrap_or(main.paths),
     };
-    if let Err(e) = study::run(
-        &OtGap,
-        &config,
-        config.seed,
-        &args.out,
-        args.shard,
-        !args.fresh,
-    ) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
+    pfode::study::exit_on_error(
+        study::run(
+            &OtGap,
+            &config,
+            config.seed,
+            &args.out,
+            args.shard,
+            !args.fresh,
+        )
+        .map(|_| ()),
+    );
 }

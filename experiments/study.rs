@@ -75,8 +75,5 @@ fn main_study(args: &Args) -> Result<()> {
 
 fn main() {
     let args: Args = pfode::study::cli_args();
-    if let Err(e) = main_study(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
+    pfode::study::exit_on_error(main_study(&args));
 }

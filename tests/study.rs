@@ -139,7 +139,11 @@ fn same_numbers_at_any_thread_count_with_shards_and_resume() {
     // --timing records each point's wall time (work-precision data); off by default.
     assert!(one["points"][0].get("wall_s").is_none());
     let timed = convergence(&dir.join("timed.json"), &["--nfe", "5", "--timing"], 2);
-    assert!(timed["points"].as_array().unwrap().iter().all(|p| p["wall_s"].as_f64().is_some()));
+    assert!(timed["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["wall_s"].as_f64().is_some()));
 
     // Fitted orders: DDIM first order; DPM-Solver++(2M) second order on the Gaussian.
     let fits = one["summary"]["fits"].as_array().unwrap();

@@ -161,16 +161,20 @@ pub struct Doc<S: Study> {
     pub summary: S::Summary,
 }
 
-/// Reads a results file of study `S`; errors name the file and what is wrong.
-pub fn read<S: Study>(path: &Path) -> Result<Doc<S>> {
+fn read_value(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+    serde_json::from_str(&text).map_err(|e| {
         Error::invalid(
             path.display().to_string(),
             None,
             format!("not valid JSON: {e}"),
         )
-    })?;
+    })
+}
+
+/// Reads a results file of study `S`; errors name the file and what is wrong.
+pub fn read<S: Study>(path: &Path) -> Result<Doc<S>> {
+    let value = read_value(path)?;
     let kind = value
         .get("kind")
         .and_then(|k| k.as_str())
@@ -194,15 +198,7 @@ pub fn read<S: Study>(path: &Path) -> Result<Doc<S>> {
 
 /// The `kind` of a results file.
 pub fn kind_of(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::invalid(
-            path.display().to_string(),
-            None,
-            format!("not valid JSON: {e}"),
-        )
-    })?;
-    value
+    read_value(path)?
         .get("kind")
         .and_then(|k| k.as_str())
         .map(String::from)
@@ -459,6 +455,14 @@ pub fn cli_args<T: clap::Parser>() -> T {
         let _ = e.print();
         std::process::exit(0)
     })
+}
+
+/// Ends a binary: on error, one line `error: ...` on stderr and exit status 2.
+pub fn exit_on_error(result: Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
 }
 
 /// A stable 64-bit hash (FNV-1a) of a key, to derive per-unit seeds independent of order.

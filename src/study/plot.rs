@@ -88,6 +88,20 @@ fn footer<DB: DrawingBackend>(area: &Area<DB>, p: &Provenance) -> Result<Area<DB
     Ok(main)
 }
 
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(("sans-serif", 10))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(err)
+}
+
 fn color(i: usize) -> RGBColor {
     const C: [(u8, u8, u8); 13] = [
         (31, 119, 180),
@@ -164,14 +178,7 @@ fn convergence_panel<DB: DrawingBackend>(
             .draw_series(pts.iter().map(|&p| Circle::new(p, 2, c.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .label_font(("sans-serif", 10))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     Ok(())
 }
 
@@ -252,14 +259,7 @@ fn order_panel<DB: DrawingBackend>(
         chart.draw_series(whiskers).map_err(err)?;
         chart.draw_series(ticks).map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 10))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 
@@ -478,14 +478,7 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                     });
                 chart.draw_series(labels).map_err(err)?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font(("sans-serif", 10))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .draw()
-                .map_err(err)?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
     });
     for problem in &problems {
