@@ -239,25 +239,58 @@ impl Component {
             .and(&x)
             .and_broadcast(&self.mean)
             .for_each(|r, &x, &mu| *r = x - shift * mu);
-        general_mat_mul(1.0, r, &self.u, 0.0, z);
+        product(r, &self.u, false, z);
     }
 
     /// out = z U^T + shift mean: back from the eigenbasis.
     pub fn from_eigenbasis(&self, z: &Array2<f64>, shift: f64, mut out: ArrayViewMut2<f64>) {
-        general_mat_mul(1.0, z, &self.u.t(), 0.0, &mut out);
+        match out.as_slice_mut() {
+            Some(o) => {
+                let (m, d) = z.dim();
+                let dst = faer::MatMut::from_row_major_slice_mut(o, m, d);
+                product_into(z, &self.u, true, dst);
+            }
+            None => general_mat_mul(1.0, z, &self.u.t(), 0.0, &mut out),
+        }
         Zip::from(&mut out)
             .and_broadcast(&self.mean)
             .for_each(|o, &mu| *o += shift * mu);
     }
 }
 
-/// A component's constants at one noise level, computed once per call:
-/// D = alpha^2 l + sigma^2, ln w - (sum ln D)/2 and the prediction gains (a alpha l - b)/D.
-struct Terms {
-    k: usize,
-    inv_d: Array1<f64>,
-    log_norm: f64,
-    gain: Array1<f64>,
+/// out = a b (or a b^T) for standard-layout arrays, by faer's sequential product (runtime SIMD
+/// dispatch; small sizes use its fixed-size kernels).
+fn product(a: &Array2<f64>, b: &Array2<f64>, transpose_b: bool, out: &mut Array2<f64>) {
+    let (m, n) = out.dim();
+    let dst =
+        faer::MatMut::from_row_major_slice_mut(out.as_slice_mut().expect("standard layout"), m, n);
+    product_into(a, b, transpose_b, dst);
+}
+
+fn product_into(a: &Array2<f64>, b: &Array2<f64>, transpose_b: bool, dst: faer::MatMut<'_, f64>) {
+    let lhs = faer::MatRef::from_row_major_slice(
+        a.as_slice().expect("standard layout"),
+        a.nrows(),
+        a.ncols(),
+    );
+    let rhs = faer::MatRef::from_row_major_slice(
+        b.as_slice().expect("standard layout"),
+        b.nrows(),
+        b.ncols(),
+    );
+    let rhs = if transpose_b { rhs.transpose() } else { rhs };
+    faer::linalg::matmul::matmul(dst, faer::Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+}
+
+/// The active components' constants at one noise level, flat over (component, axis).
+#[derive(Default)]
+struct Level {
+    c: Vec<f64>,
+    inv_d: Vec<f64>,
+    log_norm: Vec<f64>,
+    gain: Vec<f64>,
+    /// a mu_k, the constant part of the prediction.
+    mean: Vec<f64>,
 }
 
 /// A validated mixture with each covariance factored as U diag(l) U^T.
@@ -268,6 +301,8 @@ pub struct GaussianMixture {
     log_w: Vec<f64>,
     /// Components with positive weight, the only ones evaluated.
     active: Vec<usize>,
+    /// [U_k1 | U_k2 | ...] over the active components: d x (K d), row-major.
+    u_all: Vec<f64>,
 }
 
 impl GaussianMixture {
@@ -369,12 +404,22 @@ impl GaussianMixture {
             });
         }
         let log_w = spec.weights.iter().map(|w| w.ln()).collect();
-        let active = (0..k).filter(|&c| spec.weights[c] > 0.0).collect();
+        let active: Vec<usize> = (0..k).filter(|&c| spec.weights[c] > 0.0).collect();
+        let ka = active.len();
+        let mut u_all = vec![0.0; d * ka * d];
+        for (b, &c) in active.iter().enumerate() {
+            for i in 0..d {
+                for j in 0..d {
+                    u_all[i * ka * d + b * d + j] = components[c].u[(i, j)];
+                }
+            }
+        }
         Ok(GaussianMixture {
             spec,
             components,
             log_w,
             active,
+            u_all,
         })
     }
 
@@ -416,76 +461,108 @@ impl GaussianMixture {
         Ok(())
     }
 
-    /// The per-component constants at this level; `ab` = (a, b) of the wanted prediction
-    /// a x0_hat + b score, or `None` for the density alone.
-    fn terms(&self, at: &NoiseLevel, ab: Option<(f64, f64)>) -> Vec<Terms> {
+    /// The constants of the active components at this level, flat over (component, axis):
+    /// D = alpha^2 l + sigma^2, c = alpha mu_k^T U_k, ln w_k - (sum ln D)/2, and with `ab` =
+    /// (a, b) of the wanted prediction a x0_hat + b score the gains (a alpha l - b)/D.
+    fn level(&self, at: &NoiseLevel, ab: Option<(f64, f64)>) -> Level {
         let (a2, s2) = (at.alpha * at.alpha, at.sigma * at.sigma);
-        self.active
-            .iter()
-            .map(|&k| {
-                let l = &self.components[k].l;
-                let d = l.mapv(|l| a2 * l + s2);
-                let log_norm = self.log_w[k] - 0.5 * d.iter().map(|v| v.ln()).sum::<f64>();
-                let gain = match ab {
-                    Some((a, b)) => Zip::from(l)
-                        .and(&d)
-                        .map_collect(|&l, &d| (a * at.alpha * l - b) / d),
-                    None => Array1::zeros(0),
-                };
-                Terms {
-                    k,
-                    inv_d: d.mapv(f64::recip),
-                    log_norm,
-                    gain,
-                }
-            })
-            .collect()
+        let mut lv = Level::default();
+        for &k in &self.active {
+            let comp = &self.components[k];
+            let d: Vec<f64> = comp.l.iter().map(|&l| a2 * l + s2).collect();
+            lv.log_norm
+                .push(self.log_w[k] - 0.5 * d.iter().map(|v| v.ln()).sum::<f64>());
+            lv.c.extend((comp.mean.dot(&comp.u) * at.alpha).iter());
+            lv.inv_d.extend(d.iter().map(|v| v.recip()));
+            if let Some((a, b)) = ab {
+                lv.gain.extend(
+                    comp.l
+                        .iter()
+                        .zip(&d)
+                        .map(|(&l, &d)| (a * at.alpha * l - b) / d),
+                );
+                lv.mean.extend(comp.mean.iter().map(|m| a * m));
+            }
+        }
+        lv
     }
 
-    /// For rows `x`: per row the log-sum-exp pieces (`max`, `sum`) of the component terms
-    /// ln w_k + ln N(x; alpha mu_k, U diag(D) U^T) without the -d/2 ln 2 pi, and, with
-    /// `pred` = (a, out), out = sum_k e^(term_k - max) (a mu_k + U_k diag(gain_k) U_k^T r_k).
-    fn accumulate(
-        &self,
-        alpha: f64,
-        terms: &[Terms],
-        x: ArrayView2<f64>,
-        mut pred: Option<(f64, ArrayViewMut2<f64>)>,
-        max: &mut [f64],
-        sum: &mut [f64],
-    ) {
-        let mut r = Array2::<f64>::zeros(x.dim());
-        let mut z = Array2::<f64>::zeros(x.dim());
-        let mut w = vec![0.0; x.nrows()];
-        max.fill(f64::NEG_INFINITY);
-        sum.fill(0.0);
-        if let Some((_, out)) = pred.as_mut() {
-            out.fill(0.0);
-        }
-        for t in terms {
-            let comp = &self.components[t.k];
-            comp.to_eigenbasis(x, alpha, &mut r, &mut z);
-            for (i, zi) in z.outer_iter().enumerate() {
-                let quad: f64 = zi.iter().zip(&t.inv_d).map(|(z, g)| z * z * g).sum();
-                let term = t.log_norm - 0.5 * quad;
-                if term > max[i] {
-                    let scale = (max[i] - term).exp();
-                    if let Some((_, out)) = pred.as_mut() {
-                        out.row_mut(i).mapv_inplace(|v| v * scale);
-                    }
-                    sum[i] *= scale;
-                    max[i] = term;
-                }
-                w[i] = (term - max[i]).exp();
-                sum[i] += w[i];
+    /// One chunk of rows `x` (m x d): ln p (without -d/2 ln 2 pi) into `log_p`, and with a level
+    /// that has gains, the prediction sum_k r_k (a mu_k + U_k diag(gain_k) z_k) into `out`
+    /// (m x d, row-major), where z_k = U_k^T (x - alpha mu_k) and r_k are the responsibilities.
+    /// Two products per chunk cover all components: Z = X [U_1 | ... | U_K] and
+    /// out = (Z scaled by r_k gain_k) [U_1 | ... | U_K]^T.
+    fn chunk(&self, lv: &Level, x: ArrayView2<f64>, out: Option<&mut [f64]>, log_p: &mut [f64]) {
+        let (m, d) = x.dim();
+        let k = self.active.len();
+        let kd = k * d;
+        let owned;
+        let xs = match x.as_slice() {
+            Some(s) => s,
+            None => {
+                owned = x.iter().cloned().collect::<Vec<f64>>();
+                &owned
             }
-            if let Some((a, out)) = pred.as_mut() {
-                z *= &t.gain;
-                comp.from_eigenbasis(&z, *a, r.view_mut());
-                Zip::from(out.rows_mut())
-                    .and(r.rows())
-                    .and(&w)
-                    .for_each(|mut o, r, &w| o.scaled_add(w, &r));
+        };
+        let u_all = faer::MatRef::from_row_major_slice(&self.u_all, d, kd);
+        let mut z = vec![0.0; m * kd];
+        faer::linalg::matmul::matmul(
+            faer::MatMut::from_row_major_slice_mut(&mut z, m, kd),
+            faer::Accum::Replace,
+            faer::MatRef::from_row_major_slice(xs, m, d),
+            u_all,
+            1.0,
+            Par::Seq,
+        );
+        let mut r = vec![0.0; m * k];
+        for i in 0..m {
+            let row = &mut z[i * kd..(i + 1) * kd];
+            let ri = &mut r[i * k..(i + 1) * k];
+            let mut max = f64::NEG_INFINITY;
+            for b in 0..k {
+                let block = &mut row[b * d..(b + 1) * d];
+                let mut quad = 0.0;
+                for ((zj, &cj), &gj) in block.iter_mut().zip(&lv.c[b * d..]).zip(&lv.inv_d[b * d..])
+                {
+                    *zj -= cj;
+                    quad += *zj * *zj * gj;
+                }
+                ri[b] = lv.log_norm[b] - 0.5 * quad;
+                max = max.max(ri[b]);
+            }
+            let mut sum = 0.0;
+            for v in ri.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            log_p[i] = max + sum.ln();
+            if !lv.gain.is_empty() {
+                for (b, v) in ri.iter_mut().enumerate() {
+                    *v /= sum;
+                    let block = &mut row[b * d..(b + 1) * d];
+                    for (zj, &gj) in block.iter_mut().zip(&lv.gain[b * d..]) {
+                        *zj *= *v * gj;
+                    }
+                }
+            }
+        }
+        if let Some(out) = out {
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(out, m, d),
+                faer::Accum::Replace,
+                faer::MatRef::from_row_major_slice(&z, m, kd),
+                u_all.transpose(),
+                1.0,
+                Par::Seq,
+            );
+            for i in 0..m {
+                let o = &mut out[i * d..(i + 1) * d];
+                for b in 0..k {
+                    let w = r[i * k + b];
+                    for (oj, &mj) in o.iter_mut().zip(&lv.mean[b * d..(b + 1) * d]) {
+                        *oj += w * mj;
+                    }
+                }
             }
         }
     }
@@ -502,13 +579,12 @@ impl GaussianMixture {
         }
         let mut out = Array1::zeros(x.nrows());
         let c = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
-        let terms = self.terms(at, None);
+        let lv = self.level(at, None);
         par_rows(x, out.view_mut().insert_axis(Axis(1)), |x, mut out| {
-            let m = x.nrows();
-            let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
-            self.accumulate(at.alpha, &terms, x, None, &mut max, &mut sum);
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = max[i] + sum[i].ln() + c;
+            let mut log_p = vec![0.0; x.nrows()];
+            self.chunk(&lv, x, None, &mut log_p);
+            for (o, l) in out.iter_mut().zip(&log_p) {
+                *o = l + c;
             }
         });
         Ok(out)
@@ -612,15 +688,17 @@ impl Oracle for GaussianMixture {
                 at.t
             )));
         }
-        let terms = self.terms(at, Some(ab));
+        let lv = self.level(at, Some(ab));
         par_rows(x, out, |x, mut out| {
-            let m = x.nrows();
-            let (mut max, mut sum) = (vec![0.0; m], vec![0.0; m]);
-            let pred = Some((ab.0, out.view_mut()));
-            self.accumulate(at.alpha, &terms, x, pred, &mut max, &mut sum);
-            Zip::from(out.rows_mut())
-                .and(&ArrayView1::from(&sum))
-                .for_each(|mut o, &s| o.mapv_inplace(|v| v / s));
+            let mut log_p = vec![0.0; x.nrows()];
+            match out.as_slice_mut() {
+                Some(o) => self.chunk(&lv, x, Some(o), &mut log_p),
+                None => {
+                    let mut o = vec![0.0; x.len()];
+                    self.chunk(&lv, x, Some(&mut o), &mut log_p);
+                    out.assign(&ArrayView2::from_shape(x.dim(), &o).expect("shape"));
+                }
+            }
         });
         Ok(())
     }

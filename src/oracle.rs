@@ -70,7 +70,7 @@ pub fn check_batch(dim: usize, x: &ArrayView2<f64>, out: &ArrayViewMut2<f64>) ->
 
 /// Rows per parallel task. Fixed, so that which rows are computed together never depends on
 /// the number of threads: results are bit-identical at any thread count.
-pub const CHUNK_ROWS: usize = 64;
+pub const CHUNK_ROWS: usize = 256;
 
 /// Applies `f` to matching chunks of [`CHUNK_ROWS`] rows of `x` and `out`, in parallel.
 pub fn par_rows<F>(x: ArrayView2<f64>, mut out: ArrayViewMut2<f64>, f: F)

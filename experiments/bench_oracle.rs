@@ -1,0 +1,157 @@
+//! Oracle throughput, side by side with the machine's matrix-product peak and (optionally)
+//! NumPy and PyTorch running the same formulas: `bench_oracle [--python PY] [--out FILE]`.
+//! Writes `results/bench_oracle.json`. See `bench_oracle --help`.
+
+use clap::Parser;
+use pfode::oracle::Oracle;
+use pfode::study::{exit_on_error, Provenance};
+use pfode::{io, problems, schedule, Error, Prediction, Result};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+const CASES: [(&str, usize); 3] = [("ring2d", 100_000), ("aniso16", 20_000), ("mix64", 10_000)];
+
+#[derive(Parser)]
+#[command(
+    name = "bench_oracle",
+    about = "Gaussian-mixture oracle throughput vs the faer matrix-product peak, NumPy and PyTorch",
+    after_help = "Cases (d, K, N): ring2d (2, 8, 1e5), aniso16 (16, 5, 2e4), mix64 (64, 16, 1e4), at\n\
+                  vp-linear t = 0.5, data prediction. Times are medians over --repeats calls after one\n\
+                  warm-up call, on all rayon threads. FLOPs are counted as 4 N K d^2 (two products per\n\
+                  component). The peak is the best of 3 faer products of two 2048^2 float64 matrices.\n\
+                  With --python PY, PY runs benches/oracle_reference.py (NumPy, PyTorch CPU) on the same\n\
+                  problems, sizes and thread count, and the ratios are recorded side by side."
+)]
+struct Args {
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    /// A Python interpreter with numpy (and torch) for the side-by-side comparison.
+    #[arg(long)]
+    python: Option<String>,
+    #[arg(long, default_value = "results/bench_oracle.json")]
+    out: PathBuf,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let c = Instant::now();
+        f()?;
+        t.push(c.elapsed().as_secs_f64());
+    }
+    Ok(median(t))
+}
+
+/// GFLOP/s of faer's parallel float64 matrix product at n = 2048 (best of 3).
+fn peak() -> f64 {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, Mat, Par};
+    let n = 2048;
+    let a = Mat::<f64>::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 13) as f64 / 13.0);
+    let b = Mat::<f64>::from_fn(n, n, |i, j| ((i * 5 + j * 11) % 17) as f64 / 17.0);
+    let mut c = Mat::<f64>::zeros(n, n);
+    let par = Par::rayon(rayon::current_num_threads());
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        matmul(c.as_mut(), Accum::Replace, a.as_ref(), b.as_ref(), 1.0, par);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+fn run(args: &Args) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let peak_gflops = peak();
+    let s = schedule::parse("vp-linear")?;
+    let at = s.level(0.5);
+    let mut cases = Vec::new();
+    for (name, n) in CASES {
+        let m = problems::load(name)?;
+        let (d, k) = (m.dim(), m.n_components());
+        let x = m.sample_pt(n, &at, 1);
+        let mut out = pfode::ndarray::Array2::zeros(x.dim());
+        let secs = time(args.repeats, || {
+            m.predict(Prediction::X0, x.view(), &at, out.view_mut())
+        })?;
+        let x1 = x.slice(pfode::ndarray::s![0..1, ..]).to_owned();
+        let mut o1 = pfode::ndarray::Array2::zeros((1, d));
+        let latency = time(200, || {
+            m.predict(Prediction::X0, x1.view(), &at, o1.view_mut())
+        })?;
+        let flops = 4.0 * (n * k * d * d) as f64;
+        let gflops = flops / secs / 1e9;
+        let mut case = json!({
+            "problem": name, "d": d, "K": k, "N": n,
+            "seconds": secs,
+            "samples_per_second": n as f64 / secs,
+            "gflops": gflops,
+            "percent_of_peak": 100.0 * gflops / peak_gflops,
+            "single_sample_latency_s": latency,
+        });
+        if let Some(py) = &args.python {
+            let file = std::env::temp_dir()
+                .join(format!("pfode-bench-{name}-{}.json", std::process::id()));
+            io::write_atomic(&file, m.spec().to_json(&[]).as_bytes())?;
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/oracle_reference.py");
+            let output = Command::new(py)
+                .args([
+                    script,
+                    &file.display().to_string(),
+                    &n.to_string(),
+                    &args.repeats.to_string(),
+                ])
+                .args([
+                    at.alpha.to_string(),
+                    at.sigma.to_string(),
+                    threads.to_string(),
+                ])
+                .env("OMP_NUM_THREADS", threads.to_string())
+                .env("OPENBLAS_NUM_THREADS", threads.to_string())
+                .env("MKL_NUM_THREADS", threads.to_string())
+                .output()
+                .map_err(|e| Error::io(py, e))?;
+            let _ = std::fs::remove_file(&file);
+            if !output.status.success() {
+                return Err(Error::Domain(format!(
+                    "{py} benches/oracle_reference.py failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                )));
+            }
+            let v: Value = serde_json::from_slice(&output.stdout)
+                .map_err(|e| Error::Domain(format!("oracle_reference.py printed no JSON: {e}")))?;
+            let ratio = |key: &str| v[key].as_f64().map(|t| t / secs);
+            case["python"] = v.clone();
+            case["speedup_vs_numpy"] = json!(ratio("numpy_s"));
+            case["speedup_vs_torch"] = json!(ratio("torch_s"));
+        }
+        println!("{case}");
+        cases.push(case);
+    }
+    let doc = json!({
+        "kind": "bench_oracle",
+        "provenance": Provenance::now(0),
+        "threads": threads,
+        "peak_gflops": peak_gflops,
+        "prediction": "x0 at vp-linear t = 0.5",
+        "cases": cases,
+    });
+    let text = serde_json::to_string_pretty(&doc).expect("json");
+    io::write_atomic(&args.out, text.as_bytes())
+}
+
+fn main() {
+    let args: Args = pfode::study::cli_args();
+    exit_on_error(run(&args));
+}
