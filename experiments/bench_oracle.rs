@@ -32,6 +32,9 @@ struct Args {
     python: Option<String>,
     #[arg(long, default_value = "results/bench_oracle.json")]
     out: PathBuf,
+    /// Comma-separated subset of the cases (ring2d, aniso16, mix64).
+    #[arg(long, value_delimiter = ',')]
+    cases: Option<Vec<String>>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -75,6 +78,13 @@ fn run(args: &Args) -> Result<()> {
     let at = s.level(0.5);
     let mut cases = Vec::new();
     for (name, n) in CASES {
+        if args
+            .cases
+            .as_ref()
+            .is_some_and(|c| !c.iter().any(|c| c == name))
+        {
+            continue;
+        }
         let m = problems::load(name)?;
         let (d, k) = (m.dim(), m.n_components());
         let x = m.sample_pt(n, &at, 1);

@@ -282,6 +282,10 @@ fn product_into(a: &Array2<f64>, b: &Array2<f64>, transpose_b: bool, dst: faer::
     faer::linalg::matmul::matmul(dst, faer::Accum::Replace, lhs, rhs, 1.0, Par::Seq);
 }
 
+/// Up to this dimension the two transforms are plain loops (matrix-product kernels do not pay
+/// for themselves on such thin matrices).
+const SMALL_D: usize = 8;
+
 /// The active components' constants at one noise level, flat over (component, axis).
 #[derive(Default)]
 struct Level {
@@ -487,7 +491,8 @@ impl GaussianMixture {
         lv
     }
 
-    /// One chunk of rows `x` (m x d): ln p (without -d/2 ln 2 pi) into `log_p`, and with a level
+    /// One chunk of rows `x` (m x d): ln p (without -d/2 ln 2 pi) into `log_p` (for a level without
+    /// gains), and with a level
     /// that has gains, the prediction sum_k r_k (a mu_k + U_k diag(gain_k) z_k) into `out`
     /// (m x d, row-major), where z_k = U_k^T (x - alpha mu_k) and r_k are the responsibilities.
     /// Two products per chunk cover all components: Z = X [U_1 | ... | U_K] and
@@ -504,16 +509,33 @@ impl GaussianMixture {
                 &owned
             }
         };
+        match d {
+            1 => return self.small_rows::<1>(lv, xs, out, log_p),
+            2 => return self.small_rows::<2>(lv, xs, out, log_p),
+            3 => return self.small_rows::<3>(lv, xs, out, log_p),
+            4 => return self.small_rows::<4>(lv, xs, out, log_p),
+            _ => {}
+        }
         let u_all = faer::MatRef::from_row_major_slice(&self.u_all, d, kd);
         let mut z = vec![0.0; m * kd];
-        faer::linalg::matmul::matmul(
-            faer::MatMut::from_row_major_slice_mut(&mut z, m, kd),
-            faer::Accum::Replace,
-            faer::MatRef::from_row_major_slice(xs, m, d),
-            u_all,
-            1.0,
-            Par::Seq,
-        );
+        if d <= SMALL_D {
+            for (zi, xi) in z.chunks_exact_mut(kd).zip(xs.chunks_exact(d)) {
+                for (&xl, ul) in xi.iter().zip(self.u_all.chunks_exact(kd)) {
+                    for (zj, &u) in zi.iter_mut().zip(ul) {
+                        *zj += xl * u;
+                    }
+                }
+            }
+        } else {
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(&mut z, m, kd),
+                faer::Accum::Replace,
+                faer::MatRef::from_row_major_slice(xs, m, d),
+                u_all,
+                1.0,
+                Par::Seq,
+            );
+        }
         let mut r = vec![0.0; m * k];
         for i in 0..m {
             let row = &mut z[i * kd..(i + 1) * kd];
@@ -535,8 +557,9 @@ impl GaussianMixture {
                 *v = (*v - max).exp();
                 sum += *v;
             }
-            log_p[i] = max + sum.ln();
-            if !lv.gain.is_empty() {
+            if lv.gain.is_empty() {
+                log_p[i] = max + sum.ln();
+            } else {
                 for (b, v) in ri.iter_mut().enumerate() {
                     *v /= sum;
                     let block = &mut row[b * d..(b + 1) * d];
@@ -547,14 +570,22 @@ impl GaussianMixture {
             }
         }
         if let Some(out) = out {
-            faer::linalg::matmul::matmul(
-                faer::MatMut::from_row_major_slice_mut(out, m, d),
-                faer::Accum::Replace,
-                faer::MatRef::from_row_major_slice(&z, m, kd),
-                u_all.transpose(),
-                1.0,
-                Par::Seq,
-            );
+            if d <= SMALL_D {
+                for (oi, zi) in out.chunks_exact_mut(d).zip(z.chunks_exact(kd)) {
+                    for (ol, ul) in oi.iter_mut().zip(self.u_all.chunks_exact(kd)) {
+                        *ol = zi.iter().zip(ul).map(|(a, b)| a * b).sum();
+                    }
+                }
+            } else {
+                faer::linalg::matmul::matmul(
+                    faer::MatMut::from_row_major_slice_mut(out, m, d),
+                    faer::Accum::Replace,
+                    faer::MatRef::from_row_major_slice(&z, m, kd),
+                    u_all.transpose(),
+                    1.0,
+                    Par::Seq,
+                );
+            }
             for i in 0..m {
                 let o = &mut out[i * d..(i + 1) * d];
                 for b in 0..k {
@@ -562,6 +593,75 @@ impl GaussianMixture {
                     for (oj, &mj) in o.iter_mut().zip(&lv.mean[b * d..(b + 1) * d]) {
                         *oj += w * mj;
                     }
+                }
+            }
+        }
+    }
+
+    /// [`Self::chunk`] for a dimension known at compile time (D <= 4): the same arithmetic, row by
+    /// row in registers, z_k recomputed for the prediction instead of stored.
+    fn small_rows<const D: usize>(
+        &self,
+        lv: &Level,
+        xs: &[f64],
+        out: Option<&mut [f64]>,
+        log_p: &mut [f64],
+    ) {
+        let k = self.active.len();
+        let kd = k * D;
+        let u = &self.u_all;
+        let z_of = |x: &[f64; D], b: usize| {
+            let mut z = [0.0; D];
+            for (l, &xl) in x.iter().enumerate() {
+                for (j, zj) in z.iter_mut().enumerate() {
+                    *zj += xl * u[l * kd + b * D + j];
+                }
+            }
+            for (j, zj) in z.iter_mut().enumerate() {
+                *zj -= lv.c[b * D + j];
+            }
+            z
+        };
+        let mut r = vec![0.0; k];
+        let mut out = out;
+        for (i, xi) in xs.chunks_exact(D).enumerate() {
+            let x: [f64; D] = xi.try_into().expect("row of length D");
+            let mut max = f64::NEG_INFINITY;
+            for (b, rb) in r.iter_mut().enumerate() {
+                let z = z_of(&x, b);
+                let quad: f64 = z
+                    .iter()
+                    .zip(&lv.inv_d[b * D..(b + 1) * D])
+                    .map(|(z, g)| z * z * g)
+                    .sum();
+                *rb = lv.log_norm[b] - 0.5 * quad;
+                max = max.max(*rb);
+            }
+            let mut sum = 0.0;
+            for v in r.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            match out.as_deref_mut() {
+                None => log_p[i] = max + sum.ln(),
+                Some(out) => {
+                    let mut o = [0.0; D];
+                    for (b, &rb) in r.iter().enumerate() {
+                        let w = rb / sum;
+                        let z = z_of(&x, b);
+                        let mut y = z;
+                        for (yj, &g) in y.iter_mut().zip(&lv.gain[b * D..(b + 1) * D]) {
+                            *yj *= w * g;
+                        }
+                        for (l, ol) in o.iter_mut().enumerate() {
+                            let row = &u[l * kd + b * D..l * kd + (b + 1) * D];
+                            *ol += y.iter().zip(row).map(|(a, b)| a * b).sum::<f64>();
+                        }
+                        for (l, ol) in o.iter_mut().enumerate() {
+                            *ol += w * lv.mean[b * D + l];
+                        }
+                    }
+                    out[i * D..(i + 1) * D].copy_from_slice(&o);
                 }
             }
         }
