@@ -18,14 +18,14 @@ const CASES: [(&str, usize); 3] = [("ring2d", 100_000), ("aniso16", 20_000), ("m
     name = "bench_oracle",
     about = "Gaussian-mixture oracle throughput vs the faer matrix-product peak, NumPy and PyTorch",
     after_help = "Cases (d, K, N): ring2d (2, 8, 1e5), aniso16 (16, 5, 2e4), mix64 (64, 16, 1e4), at\n\
-                  vp-linear t = 0.5, data prediction. Times are medians over --repeats calls after one\n\
+                  vp-linear t = 0.5, data prediction. Times are medians over --repeats (50) calls after one\n\
                   warm-up call, on all rayon threads. FLOPs are counted as 4 N K d^2 (two products per\n\
                   component). The peak is the best of 3 faer products of two 2048^2 float64 matrices.\n\
                   With --python PY, PY runs benches/oracle_reference.py (NumPy, PyTorch CPU) on the same\n\
                   problems, sizes and thread count, and the ratios are recorded side by side."
 )]
 struct Args {
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 50)]
     repeats: usize,
     /// A Python interpreter with numpy (and torch) for the side-by-side comparison.
     #[arg(long)]

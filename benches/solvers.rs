@@ -1,0 +1,79 @@
+//! Per-step overhead of every solver's own arithmetic: the registry's solvers on an oracle that
+//! costs nothing (it returns zeros), N = 2e4 points in d = 16 on a 20-step logSNR grid, vp-linear.
+//! Compare with the oracle bench at (16, 5, 2e4): overhead per step / oracle time per call.
+//! `cargo bench --bench solvers`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use pfode::grid::Grid;
+use pfode::ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use pfode::solver::{self, Env, Model};
+use pfode::{schedule, NoiseLevel, Oracle, Prediction, Result};
+
+/// An oracle that costs nothing: every prediction is 0.
+struct Free(usize);
+
+impl Oracle for Free {
+    fn dim(&self) -> usize {
+        self.0
+    }
+    fn native(&self) -> Prediction {
+        Prediction::X0
+    }
+    fn eval(&self, _: ArrayView2<f64>, _: &NoiseLevel, mut out: ArrayViewMut2<f64>) -> Result<()> {
+        out.fill(0.0);
+        Ok(())
+    }
+    fn predict(
+        &self,
+        _: Prediction,
+        _: ArrayView2<f64>,
+        _: &NoiseLevel,
+        mut out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        out.fill(0.0);
+        Ok(())
+    }
+}
+
+pub const SPECS: [&str; 12] = [
+    "euler",
+    "heun",
+    "rk4",
+    "ddim",
+    "dpm-solver:order=2,method=singlestep",
+    "dpm-solver:order=3,method=singlestep",
+    "dpm-solver++:order=2",
+    "dpm-solver++:order=3",
+    "deis",
+    "ipndm",
+    "unipc",
+    "lms",
+];
+
+fn solvers(c: &mut Criterion) {
+    let s = schedule::parse("vp-linear").unwrap();
+    let grid = Grid::parse("logsnr:steps=20", s.as_ref()).unwrap();
+    let oracle = Free(16);
+    let model = Model::new(&oracle, s.as_ref());
+    let x = Array2::from_shape_fn((20_000, 16), |(i, j)| {
+        ((i * 31 + j * 7) % 97) as f64 / 97.0 - 0.5
+    });
+    let env = Env {
+        schedule: s.as_ref(),
+        mixture: None,
+    };
+    let mut group = c.benchmark_group("solver_step_overhead");
+    group.sample_size(10);
+    for spec in SPECS {
+        group.bench_function(spec, |b| {
+            b.iter(|| {
+                let mut built = solver::build(spec, &env).unwrap();
+                solver::integrate(built.solver.as_mut(), &model, &grid, x.view()).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, solvers);
+criterion_main!(benches);
