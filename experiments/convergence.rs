@@ -49,6 +49,10 @@ struct Args {
     /// Record wall times (the output then differs between runs).
     #[arg(long)]
     timing: bool,
+    /// Skip the distributional metrics (sliced W2, MMD, empirical W2), e.g. for more than 2000
+    /// samples.
+    #[arg(long)]
+    no_distribution: bool,
     #[arg(long, default_value = "results/convergence.json")]
     out: PathBuf,
     /// Run only shard i of n (1 <= i <= n).
@@ -76,6 +80,7 @@ fn main() {
         seed: args.seed.unwrap_or(main.seed),
         reference: args.reference.unwrap_or(main.reference),
         timing: args.timing,
+        distribution: !args.no_distribution,
     };
     pfode::study::exit_on_error(
         study::run(

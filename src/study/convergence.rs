@@ -15,7 +15,7 @@
 //! - single Gaussian: the exact output law (d + 1 probe runs, [`GaussianLaw`]) compared with the
 //!   exact marginal at the grid's last time: `w2`, `kl` for x_T ~ p_T, and `w2_std_prior`,
 //!   `kl_std_prior` for x_T ~ N(0, sigma_T^2 I) (prior plus discretization error);
-//! - every problem: `nll` (mean -ln p_{t_end} of the samples; the group's `entropy` is its value
+//! - every problem (unless `distribution` is off): `nll` (mean -ln p_{t_end} of the samples; the group's `entropy` is its value
 //!   for exact samples), `sliced_w2` (128 directions), `mmd2` (RBF, the group's median
 //!   bandwidth) and `w2_emp` (exact assignment) against `samples` fresh draws of p_{t_end}.
 //!   The group's `*_ref` fields are the same metrics for x_ref: the Monte Carlo floor.
@@ -72,6 +72,14 @@ pub struct Config {
     pub reference: String,
     /// Record each point's wall time (makes the file differ between runs).
     pub timing: bool,
+    /// Compute the distributional metrics (NLL, sliced W2, MMD, empirical W2; needs
+    /// samples <= 2000 for the exact assignment).
+    #[serde(default = "yes")]
+    pub distribution: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Config {
@@ -89,6 +97,7 @@ impl Config {
             seed: 1,
             reference: "reference".into(),
             timing: false,
+            distribution: true,
         }
     }
 }
@@ -107,11 +116,16 @@ pub struct Group {
     pub scale: f64,
     pub floor: f64,
     pub entropy: Estimate,
-    pub bandwidth: f64,
-    pub nll_ref: f64,
-    pub sliced_w2_ref: f64,
-    pub mmd2_ref: f64,
-    pub w2_emp_ref: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll_ref: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliced_w2_ref: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmd2_ref: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w2_emp_ref: Option<f64>,
     /// Single Gaussian: the exact flow of N(0, sigma_T^2 I) against p_{t_end} (prior term only).
     pub prior_w2: Option<f64>,
     pub prior_kl: Option<f64>,
@@ -137,10 +151,14 @@ pub struct Point {
     pub kl: Option<f64>,
     pub w2_std_prior: Option<f64>,
     pub kl_std_prior: Option<f64>,
-    pub nll: f64,
-    pub sliced_w2: f64,
-    pub mmd2: f64,
-    pub w2_emp: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliced_w2: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmd2: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w2_emp: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_s: Option<f64>,
 }
@@ -172,10 +190,10 @@ impl Point {
             "kl" => self.kl,
             "w2_std_prior" => self.w2_std_prior,
             "kl_std_prior" => self.kl_std_prior,
-            "nll" => Some(self.nll),
-            "sliced_w2" => Some(self.sliced_w2),
-            "mmd2" => Some(self.mmd2),
-            "w2_emp" => Some(self.w2_emp),
+            "nll" => self.nll,
+            "sliced_w2" => self.sliced_w2,
+            "mmd2" => self.mmd2,
+            "w2_emp" => self.w2_emp,
             _ => None,
         }
     }
@@ -349,7 +367,11 @@ fn build_group(config: &Config, key: &str) -> Result<GroupData> {
             None,
         ),
     };
-    let bandwidth = distribution::median_bandwidth(x_ref.view(), data.view())?;
+    let dist = config.distribution;
+    let bandwidth = match dist {
+        true => Some(distribution::median_bandwidth(x_ref.view(), data.view())?),
+        false => None,
+    };
     let info = Group {
         key: key.to_string(),
         problem: problem.into(),
@@ -363,10 +385,16 @@ fn build_group(config: &Config, key: &str) -> Result<GroupData> {
         floor: floor_rel * scale,
         entropy,
         bandwidth,
-        nll_ref: distribution::nll(&mixture, x_ref.view(), &at1)?.value,
-        sliced_w2_ref: distribution::sliced_w2(x_ref.view(), data.view(), 128, seed)?,
-        mmd2_ref: distribution::mmd2(x_ref.view(), data.view(), bandwidth)?,
-        w2_emp_ref: distribution::empirical_w2(x_ref.view(), data.view())?,
+        nll_ref: Some(distribution::nll(&mixture, x_ref.view(), &at1)?.value),
+        sliced_w2_ref: dist
+            .then(|| distribution::sliced_w2(x_ref.view(), data.view(), 128, seed))
+            .transpose()?,
+        mmd2_ref: bandwidth
+            .map(|l| distribution::mmd2(x_ref.view(), data.view(), l))
+            .transpose()?,
+        w2_emp_ref: dist
+            .then(|| distribution::empirical_w2(x_ref.view(), data.view()))
+            .transpose()?,
         prior_w2,
         prior_kl,
     };
@@ -492,14 +520,29 @@ impl Study for Convergence {
                 kl,
                 w2_std_prior: w2s,
                 kl_std_prior: kls,
-                nll: distribution::nll(&g.mixture, x.view(), &at1)?.value,
-                sliced_w2: distribution::sliced_w2(x.view(), g.data.view(), 128, seed)?,
-                mmd2: distribution::mmd2(x.view(), g.data.view(), g.info.bandwidth)?,
-                w2_emp: distribution::empirical_w2(x.view(), g.data.view())?,
+                nll: Some(distribution::nll(&g.mixture, x.view(), &at1)?.value),
+                sliced_w2: config
+                    .distribution
+                    .then(|| distribution::sliced_w2(x.view(), g.data.view(), 128, seed))
+                    .transpose()?,
+                mmd2: g
+                    .info
+                    .bandwidth
+                    .map(|l| distribution::mmd2(x.view(), g.data.view(), l))
+                    .transpose()?,
+                w2_emp: config
+                    .distribution
+                    .then(|| distribution::empirical_w2(x.view(), g.data.view()))
+                    .transpose()?,
                 wall_s: config.timing.then_some(wall),
             });
         }
         Ok((g.info.clone(), points))
+    }
+
+    /// Timed sweeps run one unit at a time, so that wall times are not shared between units.
+    fn sequential(config: &Config) -> bool {
+        config.timing
     }
 
     fn summarize(_config: &Config, groups: &[Group], points: &[Point]) -> Summary {

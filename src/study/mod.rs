@@ -143,6 +143,10 @@ pub trait Study: Sync {
         groups: &[Self::Group],
         points: &[Self::Point],
     ) -> Self::Summary;
+    /// Whether units must run one at a time (when they are timed).
+    fn sequential(_config: &Self::Config) -> bool {
+        false
+    }
 }
 
 /// A results file.
@@ -346,7 +350,7 @@ pub fn run<S: Study>(
     let bar = progress(mine.len() as u64, S::KIND);
     bar.inc((mine.len() - pending.len()) as u64);
     let state = Mutex::new((done, Instant::now()));
-    pending.par_iter().try_for_each(|unit| -> Result<()> {
+    let one = |unit: &&Unit| -> Result<()> {
         let result = study.run(config, unit)?;
         let mut guard = state.lock().expect("lock");
         guard.0.insert(unit.key.clone(), result);
@@ -364,7 +368,12 @@ pub fn run<S: Study>(
             guard.1 = Instant::now();
         }
         Ok(())
-    })?;
+    };
+    if S::sequential(config) {
+        pending.iter().try_for_each(one)?;
+    } else {
+        pending.par_iter().try_for_each(one)?;
+    }
     bar.finish_and_clear();
     let (done, _) = state.into_inner().expect("lock");
     let doc = assemble::<S>(config, &units, &done, provenance, shard_text, vec![]);

@@ -132,14 +132,21 @@ fn log_range(v: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     lo / 2.0..hi * 2.0
 }
 
+/// The abscissa of an error plot: its label and value (NFE, or wall time for work-precision).
+type Abscissa = (&'static str, fn(&ConvPoint) -> Option<f64>);
+
+const BY_NFE: Abscissa = ("NFE", |p| Some(p.nfe as f64));
+const BY_WALL: Abscissa = ("wall time (s)", |p| p.wall_s);
+
 fn convergence_panel<DB: DrawingBackend>(
     area: &Area<DB>,
     title: &str,
     metric: &str,
+    (x_desc, x_of): Abscissa,
     points: &[&ConvPoint],
     fits: &[(String, Option<f64>)],
 ) -> Result<()> {
-    let xr = log_range(points.iter().map(|p| p.nfe as f64));
+    let xr = log_range(points.iter().filter_map(|p| x_of(p)));
     let yr = log_range(points.iter().filter_map(|p| p.metric(metric)));
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
@@ -150,7 +157,7 @@ fn convergence_panel<DB: DrawingBackend>(
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("NFE")
+        .x_desc(x_desc)
         .y_desc(metric)
         .label_style(("sans-serif", 11))
         .y_label_formatter(&|v| format!("{v:.0e}"))
@@ -161,10 +168,11 @@ fn convergence_panel<DB: DrawingBackend>(
         let pts: Vec<(f64, f64)> = points
             .iter()
             .filter(|p| &p.solver == solver)
-            .filter_map(|p| p.metric(metric).map(|v| (p.nfe as f64, v)))
+            .filter_map(|p| Some((x_of(p)?, p.metric(metric)?)))
             .filter(|&(_, v)| v > 0.0)
             .collect();
         let label = match order {
+            _ if x_desc != "NFE" => solver.clone(),
             Some(o) => format!("{solver} (p = {o:.2})"),
             None if matches!(metric, "err_rms" | "err_median") => format!("{solver} (p: n/a)"),
             None => solver.clone(),
@@ -289,56 +297,62 @@ pub fn convergence(doc: &Doc<Convergence>, dir: &Path, metric: &str) -> Result<V
     let fits = &doc.summary.fits;
     for (problem, rows) in group_by(&doc.points, |p| p.problem.clone()) {
         for (grid, rows) in group_by(&rows, |p| p.grid.clone()) {
-            let schedules = unique(rows.iter().map(|p| p.schedule.clone()));
-            if !rows.iter().any(|p| p.metric(metric).is_some()) {
-                continue;
-            }
-            let stem = match metric {
-                "err_rms" => dir.join(format!("convergence_{problem}_{grid}")),
-                _ => dir.join(format!("convergence_{metric}_{problem}_{grid}")),
-            };
-            let cols = schedules.len().clamp(1, 2);
-            let nrows = schedules.len().div_ceil(cols);
-            let size = (620 * cols as u32, 470 * nrows as u32 + 18);
-            render!(&stem, size, out, |root| {
-                let main = footer(&root, &doc.provenance)?;
-                let panels = main.split_evenly((nrows, cols));
-                for (sched, panel) in schedules.iter().zip(panels.iter()) {
-                    let pts: Vec<&ConvPoint> = rows
-                        .iter()
-                        .filter(|p| &p.schedule == sched)
-                        .map(|p| **p)
-                        .collect();
-                    let solvers = unique(pts.iter().map(|p| p.solver.clone()));
-                    let orders: Vec<(String, Option<f64>)> = solvers
-                        .into_iter()
-                        .map(|s| {
-                            let o = fits
-                                .iter()
-                                .find(|f| {
-                                    f.problem == problem
-                                        && f.grid == grid
-                                        && &f.schedule == sched
-                                        && f.solver == s
-                                })
-                                .and_then(|f| match metric {
-                                    "err_rms" => f.order_nfe,
-                                    "err_median" => f.order_nfe_median,
-                                    _ => None,
-                                })
-                                .map(|o| o.order);
-                            (s, o)
-                        })
-                        .collect();
-                    convergence_panel(
-                        panel,
-                        &format!("{problem}, {sched}, {grid} grid"),
-                        metric,
-                        &pts,
-                        &orders,
-                    )?;
+            for (abscissa, prefix) in [(BY_NFE, "convergence"), (BY_WALL, "work_precision")] {
+                if !rows
+                    .iter()
+                    .any(|p| p.metric(metric).is_some() && (abscissa.1)(p).is_some())
+                {
+                    continue;
                 }
-            });
+                let stem = match metric {
+                    "err_rms" => dir.join(format!("{prefix}_{problem}_{grid}")),
+                    _ => dir.join(format!("{prefix}_{metric}_{problem}_{grid}")),
+                };
+                let schedules = unique(rows.iter().map(|p| p.schedule.clone()));
+                let cols = schedules.len().clamp(1, 2);
+                let nrows = schedules.len().div_ceil(cols);
+                let size = (620 * cols as u32, 470 * nrows as u32 + 18);
+                render!(&stem, size, out, |root| {
+                    let main = footer(&root, &doc.provenance)?;
+                    let panels = main.split_evenly((nrows, cols));
+                    for (sched, panel) in schedules.iter().zip(panels.iter()) {
+                        let pts: Vec<&ConvPoint> = rows
+                            .iter()
+                            .filter(|p| &p.schedule == sched)
+                            .map(|p| **p)
+                            .collect();
+                        let solvers = unique(pts.iter().map(|p| p.solver.clone()));
+                        let orders: Vec<(String, Option<f64>)> = solvers
+                            .into_iter()
+                            .map(|s| {
+                                let o = fits
+                                    .iter()
+                                    .find(|f| {
+                                        f.problem == problem
+                                            && f.grid == grid
+                                            && &f.schedule == sched
+                                            && f.solver == s
+                                    })
+                                    .and_then(|f| match metric {
+                                        "err_rms" => f.order_nfe,
+                                        "err_median" => f.order_nfe_median,
+                                        _ => None,
+                                    })
+                                    .map(|o| o.order);
+                                (s, o)
+                            })
+                            .collect();
+                        convergence_panel(
+                            panel,
+                            &format!("{problem}, {sched}, {grid} grid"),
+                            metric,
+                            abscissa,
+                            &pts,
+                            &orders,
+                        )?;
+                    }
+                });
+            }
         }
     }
     let problems = unique(fits.iter().map(|f| f.problem.clone()));
