@@ -279,16 +279,27 @@ impl Grid {
     /// and t placed as this grid places its points (official `get_time_steps(skip_type, s, t, n)`):
     /// uniform in t for `time-uniform`, in sqrt(t) for `time-quadratic`, otherwise uniform in
     /// lambda (as k-diffusion's DPM-Solver and DPM-Solver++(2S)).
-    pub fn inner(&self, schedule: &dyn Schedule, s: f64, t: f64, n: usize) -> Vec<f64> {
-        let times: Vec<f64> = match self.kind {
-            Kind::TimeUniform => linspace(s, t, n).collect(),
-            Kind::TimeQuadratic => linspace(s.sqrt(), t.sqrt(), n).map(|u| u * u).collect(),
-            _ => return (1..n).map(|j| j as f64 / n as f64).collect(),
+    pub fn inner(&self, schedule: &dyn Schedule, s: f64, t: f64, n: usize) -> [f64; 2] {
+        assert!((1..=3).contains(&n), "singlestep orders are 1 to 3");
+        let mut r = [0.0; 2];
+        let map: &dyn Fn(f64) -> f64 = match self.kind {
+            Kind::TimeUniform => &|u| u,
+            Kind::TimeQuadratic => &|u| u * u,
+            _ => {
+                for (j, rj) in r.iter_mut().enumerate().take(n - 1) {
+                    *rj = (j + 1) as f64 / n as f64;
+                }
+                return r;
+            }
+        };
+        let (a, b) = match self.kind {
+            Kind::TimeQuadratic => (s.sqrt(), t.sqrt()),
+            _ => (s, t),
         };
         let (ls, lt) = (schedule.lambda(s), schedule.lambda(t));
-        times[1..n]
-            .iter()
-            .map(|&u| (schedule.lambda(u) - ls) / (lt - ls))
-            .collect()
+        for (rj, u) in r.iter_mut().zip(linspace(a, b, n).skip(1).take(n - 1)) {
+            *rj = (schedule.lambda(map(u)) - ls) / (lt - ls);
+        }
+        r
     }
 }

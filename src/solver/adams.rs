@@ -29,9 +29,9 @@
 //! DPM-Solver-min(order, 3) in noise prediction instead (local error O(h^4)), and then order 4
 //! holds.
 
-use super::expint::{self, History, Param, UniPc, Variant};
+use super::expint::{self, Buffers, History, Param, UniPc, Variant, MAX_HISTORY};
 use super::quadrature::{adaptive, gauss_legendre, lagrange};
-use super::{lincomb, Entry, Model, Multistep, Solver};
+use super::{Entry, Model, Multistep, Solver};
 use crate::error::Result;
 use crate::grid::Grid;
 use crate::prediction::Prediction;
@@ -39,8 +39,9 @@ use crate::schedule::Schedule;
 use crate::spec::Spec;
 use ndarray::Array2;
 
+/// The extrapolation rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Rule {
+pub enum Rule {
     Tab,
     RhoAb,
     Ipndm,
@@ -51,6 +52,7 @@ pub struct Adams {
     ms: Multistep,
     unic: bool,
     hist: History,
+    buf: Buffers,
 }
 
 /// rho'(t) = d(sigma/alpha)/dt.
@@ -59,42 +61,48 @@ fn drho(schedule: &dyn Schedule, t: f64) -> f64 {
     (l.dsigma * l.alpha - l.sigma * l.dalpha) / (l.alpha * l.alpha)
 }
 
-/// The weights C_j (j = 0 newest) of y_t = y_s + sum_j C_j eps_j.
-pub fn weights(rule_name: &str, schedule: &dyn Schedule, times: &[f64], t: f64) -> Vec<f64> {
+/// The weights C_j (j = 0 newest, `times.len()` <= 4 of them) of y_t = y_s + sum_j C_j eps_j.
+pub fn weights(rule: Rule, schedule: &dyn Schedule, times: &[f64], t: f64) -> [f64; MAX_HISTORY] {
     let rho = |u: f64| {
         let l = schedule.level(u);
         l.sigma / l.alpha
     };
     let k = times.len();
     let s = times[0];
-    match rule_name {
-        "ipndm" => {
+    let mut c = [0.0; MAX_HISTORY];
+    match rule {
+        Rule::Ipndm => {
             const W: [&[f64]; 4] = [
                 &[1.0],
                 &[1.5, -0.5],
                 &[23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0],
                 &[55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0],
             ];
-            W[k - 1].iter().map(|w| w * (rho(t) - rho(s))).collect()
+            for (cj, w) in c.iter_mut().zip(W[k - 1]) {
+                *cj = w * (rho(t) - rho(s));
+            }
         }
-        "rhoab" => {
-            let nodes: Vec<f64> = times.iter().map(|&u| rho(u)).collect();
-            (0..k)
-                .map(|j| gauss_legendre(nodes[0], rho(t), 1, |u| lagrange(&nodes, j, u)))
-                .collect()
+        Rule::RhoAb => {
+            let mut nodes = [0.0; MAX_HISTORY];
+            for (n, &u) in nodes.iter_mut().zip(times) {
+                *n = rho(u);
+            }
+            let nodes = &nodes[..k];
+            for (j, cj) in c.iter_mut().enumerate().take(k) {
+                *cj = gauss_legendre(nodes[0], rho(t), 1, |u| lagrange(nodes, j, u));
+            }
         }
-        _ => {
+        Rule::Tab => {
             let tol = 1e-14 * (rho(s) - rho(t)).abs();
-            (0..k)
-                .map(|j| {
-                    -adaptive(0.0, 1.0, tol, &|u| {
-                        let tau = t + (s - t) * u * u;
-                        drho(schedule, tau) * lagrange(times, j, tau) * 2.0 * (s - t) * u
-                    })
-                })
-                .collect()
+            for (j, cj) in c.iter_mut().enumerate().take(k) {
+                *cj = -adaptive(0.0, 1.0, tol, &|u| {
+                    let tau = t + (s - t) * u * u;
+                    drho(schedule, tau) * lagrange(times, j, tau) * 2.0 * (s - t) * u
+                });
+            }
         }
     }
+    c
 }
 
 fn build(
@@ -111,6 +119,7 @@ fn build(
         ms,
         unic,
         hist: History::new(order),
+        buf: Buffers::default(),
     }))
 }
 
@@ -172,54 +181,45 @@ impl Solver for Adams {
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (s, t) = (times[i], times[i + 1]);
         let n = times.len() - 1;
+        let Buffers { m, pred, stages } = &mut self.buf;
         if self.hist.is_empty() {
-            let e = model.eval(Prediction::Eps, x, s)?;
-            self.hist.push(s, model.lambda(s), e);
+            model.eval_into(Prediction::Eps, x, s, m)?;
+            self.hist.push(s, model.lambda(s), m);
         }
         let (a, b) = (model.level(s), model.level(t));
         let last = i + 1 == n;
         if self.ms.singlestep_at(i, b.sigma == 0.0) {
-            *x = expint::warmup(
-                model,
-                Param::Noise,
-                self.ms.order,
-                s,
-                t,
-                x,
-                &self.hist.back(0).2,
-            )?;
+            let m0 = &self.hist.back(0).2;
+            expint::warmup(model, Param::Noise, self.ms.order, s, t, x, m0, stages)?;
             if !last {
-                let e = model.eval(Prediction::Eps, x, t)?;
-                self.hist.push(t, model.lambda(t), e);
+                model.eval_into(Prediction::Eps, x, t, m)?;
+                self.hist.push(t, model.lambda(t), m);
             }
             return Ok(());
         }
         let k = self.ms.step_order(i, n, self.hist.len());
-        let ts: Vec<f64> = (0..k).map(|j| self.hist.back(j).0).collect();
-        let name = match self.rule {
-            Rule::Tab => "tab",
-            Rule::RhoAb => "rhoab",
-            Rule::Ipndm => "ipndm",
-        };
-        let c = weights(name, model.schedule, &ts, t);
-        let mut terms = vec![(b.alpha / a.alpha, &*x)];
-        terms.extend(
-            c.iter()
-                .enumerate()
-                .map(|(j, &cj)| (b.alpha * cj, &self.hist.back(j).2)),
-        );
-        let pred = lincomb(&terms);
+        let mut ts = [0.0; MAX_HISTORY];
+        for (j, tj) in ts.iter_mut().enumerate().take(k) {
+            *tj = self.hist.back(j).0;
+        }
+        let c = weights(self.rule, model.schedule, &ts[..k], t);
+        let mut u = expint::Weights::new(b.alpha / a.alpha, 0.0);
+        for (w, cj) in u.w.iter_mut().zip(c) {
+            *w = b.alpha * cj;
+        }
         if last {
-            *x = pred;
+            self.hist.apply(&u, x, None);
             return Ok(());
         }
-        let e = model.eval(Prediction::Eps, &pred, t)?;
-        *x = if self.unic && b.sigma > 0.0 {
-            UniPc::new(model, Param::Noise, Variant::Bh2, k, &self.hist, t).correct(x, &e)
+        self.hist.apply_into(&u, x, pred);
+        model.eval_into(Prediction::Eps, pred, t, m)?;
+        if self.unic && b.sigma > 0.0 {
+            let c = UniPc::new(model, Param::Noise, Variant::Bh2, k, &self.hist, t).correct();
+            self.hist.apply(&c, x, Some(m));
         } else {
-            pred
-        };
-        self.hist.push(t, model.lambda(t), e);
+            std::mem::swap(x, pred);
+        }
+        self.hist.push(t, model.lambda(t), m);
         Ok(())
     }
 }
@@ -234,8 +234,8 @@ mod tests {
         // tAB weights: the 2 x 16 rule agrees with 64 panels, including a step to sigma = 0.
         let vp = schedule::parse("vp-linear").unwrap();
         for (ts, t) in [(vec![0.5, 0.6, 0.7], 0.4), (vec![0.02, 0.05, 0.1], 0.0)] {
-            let w = weights("tab", vp.as_ref(), &ts, t);
-            for (j, wj) in w.iter().enumerate() {
+            let w = weights(Rule::Tab, vp.as_ref(), &ts, t);
+            for (j, wj) in w.iter().enumerate().take(ts.len()) {
                 let s = ts[0];
                 let fine = -gauss_legendre(0.0, 1.0, 256, |u| {
                     let tau = t + (s - t) * u * u;

@@ -6,19 +6,22 @@
 //! writes it in DDIM's own form, which makes that identity a test. The step to sigma = 0 gives
 //! x_t = alpha_t x0_hat, as every other solver in the family.
 
-use super::{lincomb, Entry, Model, Solver};
+use super::{Entry, Model, Solver};
 use crate::error::Result;
 use crate::grid::Grid;
 use crate::prediction::Prediction;
 use crate::schedule::Schedule;
-use ndarray::Array2;
+use ndarray::{Array2, Zip};
 
-pub struct Ddim;
+#[derive(Default)]
+pub struct Ddim {
+    x0: Array2<f64>,
+}
 
 pub const ENTRY: Entry = Entry {
     name: "ddim",
     summary: "DDIM (eta = 0), the exponential Euler method",
-    build: |_, _| Ok(Box::new(Ddim)),
+    build: |_, _| Ok(Box::<Ddim>::default()),
     variants: &[("", "logsnr"), ("", "time-uniform")],
 };
 
@@ -34,9 +37,12 @@ impl Solver for Ddim {
     }
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (a, b) = (model.level(times[i]), model.level(times[i + 1]));
-        let x0 = model.eval(Prediction::X0, x, times[i])?;
-        let eps = lincomb(&[(1.0 / a.sigma, x), (-a.alpha / a.sigma, &x0)]);
-        *x = lincomb(&[(b.alpha, &x0), (b.sigma, &eps)]);
+        model.eval_into(Prediction::X0, x, times[i], &mut self.x0)?;
+        let (c_x, c_0) = (1.0 / a.sigma, -a.alpha / a.sigma);
+        Zip::from(x).and(&self.x0).par_for_each(|x, &x0| {
+            let eps = *x * c_x + c_0 * x0;
+            *x = x0 * b.alpha + b.sigma * eps;
+        });
         Ok(())
     }
 }

@@ -111,6 +111,8 @@ impl Solver for DpmAdaptive {
         );
         let (mut s, mut lambda_s, mut h) = (t_start, model.lambda(t_start), self.h_init);
         let mut x_prev = x.clone();
+        let (mut low, mut high, mut q) = (x.clone(), x.clone(), x.clone());
+        let (mut m0, mut stages) = (x.clone(), expint::Stages::default());
         let mut errs = [0.0f64; 3];
         let done = |s: f64, l: f64| {
             if self.pid {
@@ -133,11 +135,34 @@ impl Solver for DpmAdaptive {
                 lambda_s + h
             };
             let t = model.schedule.t_of_lambda(lambda_t);
-            let mut cache = vec![];
-            let low =
-                expint::singlestep(model, self.p, self.ty, k - 1, s, t, &r[..1], x, &mut cache)?;
-            let high = expint::singlestep(model, self.p, self.ty, k, s, t, &r, x, &mut cache)?;
-            let mut q = Array2::zeros(x.dim());
+            model.eval_into(self.p.prediction(), x, s, &mut m0)?;
+            stages.len = 0;
+            low.assign(x);
+            high.assign(x);
+            expint::singlestep(
+                model,
+                self.p,
+                self.ty,
+                k - 1,
+                s,
+                t,
+                &r[..1],
+                &mut low,
+                &m0,
+                &mut stages,
+            )?;
+            expint::singlestep(
+                model,
+                self.p,
+                self.ty,
+                k,
+                s,
+                t,
+                &r,
+                &mut high,
+                &m0,
+                &mut stages,
+            )?;
             Zip::from(&mut q)
                 .and(&high)
                 .and(&low)
@@ -175,8 +200,8 @@ impl Solver for DpmAdaptive {
                 ok
             };
             if accept {
-                *x = high;
-                x_prev = low;
+                std::mem::swap(x, &mut high);
+                std::mem::swap(&mut x_prev, &mut low);
                 s = t;
                 lambda_s = if self.pid { lambda_t } else { model.lambda(t) };
             }

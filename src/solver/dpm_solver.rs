@@ -35,7 +35,7 @@
 //! (r = 1/2; 1/3, 2/3). A step that ends at sigma = 0 is the first-order denoising step
 //! x = alpha_t x0_hat(x_s) (one evaluation; none for multistep, which reuses m_s).
 
-use super::expint::{self, History, Param, Type, UniPc, Variant};
+use super::expint::{self, Buffers, History, Param, Type, UniPc, Variant};
 use super::{Entry, Env, Model, Multistep, Solver};
 use crate::error::Result;
 use crate::grid::{logsnr_times, Grid, Kind};
@@ -60,6 +60,7 @@ pub struct DpmSolver {
     orders: Vec<usize>,
     grid: Option<Grid>,
     hist: History,
+    buf: Buffers,
 }
 
 /// The DPM-Solver-fast orders for an NFE budget.
@@ -118,6 +119,7 @@ fn build(spec: &mut Spec, p: Param) -> Result<Box<dyn Solver>> {
         orders: vec![],
         grid: None,
         hist: History::new(order),
+        buf: Buffers::default(),
     }))
 }
 
@@ -230,20 +232,21 @@ impl Solver for DpmSolver {
         let kind = self.p.prediction();
         let grid = self.grid.as_ref().expect("plan before step");
         let to_zero = model.level(t).sigma == 0.0;
+        let Buffers { m, pred, stages } = &mut self.buf;
         if self.method != Method::Multistep {
             let k = self.orders[i];
-            let mut cache = vec![];
-            *x = if to_zero {
-                cache.push(model.eval(kind, x, s)?);
-                expint::denoise(model, self.p, s, t, x, &cache[0])
+            model.eval_into(kind, x, s, m)?;
+            if to_zero {
+                expint::denoise(model, self.p, s, t, x, m);
             } else {
                 let r = grid.inner(model.schedule, s, t, k);
-                expint::singlestep(model, self.p, self.ty, k, s, t, &r, x, &mut cache)?
-            };
+                stages.len = 0;
+                expint::singlestep(model, self.p, self.ty, k, s, t, &r, x, m, stages)?;
+            }
             return Ok(());
         }
         if self.hist.is_empty() {
-            let m = model.eval(kind, x, s)?;
+            model.eval_into(kind, x, s, m)?;
             self.hist.push(s, model.lambda(s), m);
         }
         let n = times.len() - 1;
@@ -251,30 +254,27 @@ impl Solver for DpmSolver {
         ms.lower_order_final &= n < 10;
         let k = ms.step_order(i, n, self.hist.len());
         let last = i + 1 == n;
-        let mut m_t = None;
-        *x = if to_zero {
-            expint::denoise(model, self.p, s, t, x, &self.hist.back(0).2)
+        let m0 = &self.hist.back(0).2;
+        if to_zero {
+            expint::denoise(model, self.p, s, t, x, m0);
         } else if ms.singlestep_at(i, false) {
             let r = grid.inner(model.schedule, s, t, ms.order);
-            let mut cache = vec![self.hist.back(0).2.clone()];
-            expint::singlestep(model, self.p, self.ty, ms.order, s, t, &r, x, &mut cache)?
+            stages.len = 0;
+            expint::singlestep(model, self.p, self.ty, ms.order, s, t, &r, x, m0, stages)?;
         } else {
-            let pred =
-                expint::multistep(model, self.p, self.ty, k, self.d2_scale, &self.hist, t, x);
+            let u = expint::multistep(model, self.p, self.ty, k, self.d2_scale, &self.hist, t);
             if self.unic && !last {
-                let m = model.eval(kind, &pred, t)?;
-                let c = UniPc::new(model, self.p, Variant::Bh2, k, &self.hist, t).correct(x, &m);
-                m_t = Some(m);
-                c
-            } else {
-                pred
+                self.hist.apply_into(&u, x, pred);
+                model.eval_into(kind, pred, t, m)?;
+                let c = UniPc::new(model, self.p, Variant::Bh2, k, &self.hist, t).correct();
+                self.hist.apply(&c, x, Some(m));
+                self.hist.push(t, model.lambda(t), m);
+                return Ok(());
             }
-        };
+            self.hist.apply(&u, x, None);
+        }
         if !last {
-            let m = match m_t {
-                Some(m) => m,
-                None => model.eval(kind, x, t)?,
-            };
+            model.eval_into(kind, x, t, m)?;
             self.hist.push(t, model.lambda(t), m);
         }
         Ok(())

@@ -9,7 +9,7 @@ use crate::grid::Grid;
 use crate::schedule::Schedule;
 use ndarray::Array2;
 
-pub struct Exact(GaussianFlow);
+pub struct Exact(GaussianFlow, Array2<f64>);
 
 pub const ENTRY: Entry = Entry {
     name: "exact",
@@ -18,9 +18,11 @@ pub const ENTRY: Entry = Entry {
         let mixture = env
             .mixture
             .ok_or_else(|| Error::Domain("solver 'exact' needs a Gaussian problem".into()))?;
-        Ok(Box::new(Exact(GaussianFlow::new(mixture).map_err(
-            |e| Error::Domain(format!("solver 'exact': {e}")),
-        )?)))
+        Ok(Box::new(Exact(
+            GaussianFlow::new(mixture)
+                .map_err(|e| Error::Domain(format!("solver 'exact': {e}")))?,
+            Array2::zeros((0, 0)),
+        )))
     },
     variants: &[],
 };
@@ -36,14 +38,14 @@ impl Solver for Exact {
         Some(0)
     }
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
-        let mut out = Array2::zeros(x.dim());
+        super::ensure(&mut self.1, x.dim());
         self.0.map(
             &model.level(times[i]),
             &model.level(times[i + 1]),
             x.view(),
-            out.view_mut(),
+            self.1.view_mut(),
         )?;
-        *x = out;
+        std::mem::swap(x, &mut self.1);
         Ok(())
     }
 }

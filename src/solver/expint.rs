@@ -13,7 +13,7 @@
 //! phi_0(z) = e^z, phi_{k+1}(z) = (phi_k(z) - 1/k!)/z. We write E_k = c_m h phi_k(hh); every update
 //! below is c_x x_s + E_1 m_s + (E_1, E_2, E_3 times differences of model values).
 
-use super::{lincomb, Model};
+use super::{combine, update, Model};
 use crate::error::Result;
 use crate::prediction::Prediction;
 use ndarray::Array2;
@@ -107,9 +107,9 @@ impl Step {
         self.c_m * self.h * phi(k, self.hh)
     }
 
-    /// The first-order (DDIM) step c_x x + E_1 m.
-    pub fn first(&self, x: &Array2<f64>, m: &Array2<f64>) -> Array2<f64> {
-        lincomb(&[(self.c_x, x), (self.e(1), m)])
+    /// The first-order (DDIM) step x <- c_x x + E_1 m.
+    pub fn first(&self, x: &mut Array2<f64>, m: &Array2<f64>) {
+        update(x, self.c_x, &[(self.e(1), m)]);
     }
 }
 
@@ -123,26 +123,33 @@ pub enum Type {
     Taylor,
 }
 
-/// The step to sigma = 0: x_t = alpha_t x0_hat(x_s, s), from a model value m_s of type `p`.
-pub fn denoise(
-    model: &Model,
-    p: Param,
-    s: f64,
-    t: f64,
-    x: &Array2<f64>,
-    m: &Array2<f64>,
-) -> Array2<f64> {
+/// The step to sigma = 0, in place: x_t = alpha_t x0_hat(x_s, s), from a model value m_s of type
+/// `p`.
+pub fn denoise(model: &Model, p: Param, s: f64, t: f64, x: &mut Array2<f64>, m: &Array2<f64>) {
     let (a, b) = (model.level(s), model.level(t));
     match p {
-        Param::Data => m * b.alpha,
-        Param::Noise => lincomb(&[(b.alpha / a.alpha, x), (-b.alpha * a.sigma / a.alpha, m)]),
+        Param::Data => combine(x, &[(b.alpha, m)]),
+        Param::Noise => update(x, b.alpha / a.alpha, &[(-b.alpha * a.sigma / a.alpha, m)]),
     }
 }
 
-/// Singlestep DPM-Solver-k (k = 1, 2, 3) from s to t with inner points at lambda_s + r_j h
-/// (Lu et al. 2022, Algorithms 4-5; Lu et al. 2022b, Algorithm 1). `cache` holds the model values
-/// at s, s1, s2 already computed (reused by the adaptive solver); missing ones are evaluated and
-/// appended.
+/// The model values at the inner points s_1, s_2 of one singlestep step (the first `len` are
+/// current) and a buffer for the inner points themselves; reused from step to step.
+#[derive(Debug, Default)]
+pub struct Stages {
+    pub m: [Array2<f64>; 2],
+    pub len: usize,
+    point: Array2<f64>,
+}
+
+/// Singlestep DPM-Solver-k (k = 1, 2, 3) from s to t, in place, with inner points at
+/// lambda_s + r_j h (Lu et al. 2022, Algorithms 4-5; Lu et al. 2022b, Algorithm 1), from the model
+/// value `m0` at s. The first `stages.len` inner values are taken as computed (the adaptive solver
+/// shares them between its two orders); the others are evaluated and recorded. With
+/// d_j = m(s_j) - m0: k = 2 adds c d_1 (c = E_1/(2 r_1) for `dpmsolver`, E_2/r_1 for `taylor`);
+/// k = 3 evaluates s_2 at c_x' x + E_1' m0 + (r_2/r_1) E_2' d_1 and adds (E_2/r_2) d_2
+/// (`dpmsolver`), or the Taylor form with D1 = (r_2 d_1/r_1 - r_1 d_2/r_2)/(r_2 - r_1) and
+/// D2 = 2 (d_2/r_2 - d_1/r_1)/(r_2 - r_1) times E_2 and E_3.
 #[allow(clippy::too_many_arguments)]
 pub fn singlestep(
     model: &Model,
@@ -152,90 +159,106 @@ pub fn singlestep(
     s: f64,
     t: f64,
     r: &[f64],
-    x: &Array2<f64>,
-    cache: &mut Vec<Array2<f64>>,
-) -> Result<Array2<f64>> {
+    x: &mut Array2<f64>,
+    m0: &Array2<f64>,
+    stages: &mut Stages,
+) -> Result<()> {
     let kind = p.prediction();
-    if cache.is_empty() {
-        cache.push(model.eval(kind, x, s)?);
-    }
     let st = Step::new(model, p, s, t);
     if k == 1 {
-        return Ok(st.first(x, &cache[0]));
+        st.first(x, m0);
+        return Ok(());
     }
     let ls = model.lambda(s);
     let time = |rj: f64| model.schedule.t_of_lambda(ls + rj * st.h);
     let r1 = r[0];
-    if cache.len() < 2 {
+    let Stages { m, len, point } = stages;
+    if *len < 1 {
         let s1 = time(r1);
-        let x1 = Step::new(model, p, s, s1).first(x, &cache[0]);
-        cache.push(model.eval(kind, &x1, s1)?);
+        let st1 = Step::new(model, p, s, s1);
+        combine(point, &[(st1.c_x, x), (st1.e(1), m0)]);
+        model.eval_into(kind, point, s1, &mut m[0])?;
+        *len = 1;
     }
-    let d1 = &cache[1] - &cache[0];
     if k == 2 {
         let c = match ty {
             Type::DpmSolver => 0.5 / r1 * st.e(1),
             Type::Taylor => st.e(2) / r1,
         };
-        return Ok(lincomb(&[(st.c_x, x), (st.e(1), &cache[0]), (c, &d1)]));
+        update(x, st.c_x, &[(st.e(1) - c, m0), (c, &m[0])]);
+        return Ok(());
     }
     let r2 = r[1];
-    if cache.len() < 3 {
+    let [m1, m2] = m;
+    if *len < 2 {
         let s2 = time(r2);
         let st2 = Step::new(model, p, s, s2);
-        let x2 = lincomb(&[
-            (st2.c_x, x),
-            (st2.e(1), &cache[0]),
-            (r2 / r1 * st2.e(2), &d1),
-        ]);
-        cache.push(model.eval(kind, &x2, s2)?);
+        let c = r2 / r1 * st2.e(2);
+        combine(point, &[(st2.c_x, x), (st2.e(1) - c, m0), (c, m1)]);
+        model.eval_into(kind, point, s2, m2)?;
+        *len = 2;
     }
-    let d2 = &cache[2] - &cache[0];
-    Ok(match ty {
-        Type::DpmSolver => lincomb(&[(st.c_x, x), (st.e(1), &cache[0]), (st.e(2) / r2, &d2)]),
+    let (w1, w2) = match ty {
+        Type::DpmSolver => (0.0, st.e(2) / r2),
         Type::Taylor => {
-            // D1 = (r2 D1_0 - r1 D1_1)/(r2 - r1), D2 = 2 (D1_1 - D1_0)/(r2 - r1), D1_j = d_j / r_j.
-            let (a0, a1) = (1.0 / r1, 1.0 / r2);
-            let w = r2 - r1;
-            let c1 = st.e(2) / w;
-            let c2 = 2.0 * st.e(3) / w;
-            lincomb(&[
-                (st.c_x, x),
-                (st.e(1), &cache[0]),
-                (c1 * r2 * a0 - c2 * a0, &d1),
-                (-c1 * r1 * a1 + c2 * a1, &d2),
-            ])
+            let (c1, c2) = (st.e(2) / (r2 - r1), 2.0 * st.e(3) / (r2 - r1));
+            ((c1 * r2 - c2) / r1, (c2 - c1 * r1) / r2)
         }
-    })
+    };
+    update(x, st.c_x, &[(st.e(1) - w1 - w2, m0), (w1, m1), (w2, m2)]);
+    Ok(())
 }
 
-/// A singlestep warm-up step for a multistep method of order k: singlestep DPM-Solver-min(k, 3)
-/// (`dpmsolver` type, inner points uniform in lambda) from the model value `m_s` at s.
+/// A singlestep warm-up step for a multistep method of order k, in place: singlestep
+/// DPM-Solver-min(k, 3) (`dpmsolver` type, inner points uniform in lambda) from the model value
+/// `m_s` at s.
+#[allow(clippy::too_many_arguments)]
 pub fn warmup(
     model: &Model,
     p: Param,
     k: usize,
     s: f64,
     t: f64,
-    x: &Array2<f64>,
+    x: &mut Array2<f64>,
     m_s: &Array2<f64>,
-) -> Result<Array2<f64>> {
+    stages: &mut Stages,
+) -> Result<()> {
     let k = k.min(3);
-    let r: Vec<f64> = (1..k).map(|j| j as f64 / k as f64).collect();
-    singlestep(
-        model,
-        p,
-        Type::DpmSolver,
-        k,
-        s,
-        t,
-        &r,
-        x,
-        &mut vec![m_s.clone()],
-    )
+    let r = [1.0 / k as f64, 2.0 / k as f64];
+    stages.len = 0;
+    singlestep(model, p, Type::DpmSolver, k, s, t, &r, x, m_s, stages)
 }
 
-/// The model history of a multistep method: (t, lambda, model value), newest last.
+/// The largest history a multistep method keeps.
+pub const MAX_HISTORY: usize = 4;
+
+/// An update x_t = c_x x_s + sum_j w_j m_j + w_new m_new as weights of the model history (m_0
+/// newest) and of a new model value: every multistep, Adams and UniPC update is one of these,
+/// applied in one pass by [`History::apply`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Weights {
+    pub c_x: f64,
+    pub w: [f64; MAX_HISTORY],
+    pub w_new: f64,
+}
+
+impl Weights {
+    /// x_t = c_x x_s + e1 m_0.
+    pub fn new(c_x: f64, e1: f64) -> Self {
+        let mut w = [0.0; MAX_HISTORY];
+        w[0] = e1;
+        Weights { c_x, w, w_new: 0.0 }
+    }
+
+    /// Adds c (m_i - m_j).
+    pub fn diff(&mut self, i: usize, j: usize, c: f64) {
+        self.w[i] += c;
+        self.w[j] -= c;
+    }
+}
+
+/// The model history of a multistep method: (t, lambda, model value), newest last. Its arrays are
+/// recycled: [`History::push`] swaps the new value in and hands the evicted array back.
 #[derive(Debug, Default)]
 pub struct History {
     pub entries: VecDeque<(f64, f64, Array2<f64>)>,
@@ -244,17 +267,23 @@ pub struct History {
 
 impl History {
     pub fn new(capacity: usize) -> Self {
+        assert!(capacity <= MAX_HISTORY);
         History {
-            entries: VecDeque::new(),
+            entries: VecDeque::with_capacity(capacity),
             capacity,
         }
     }
 
-    pub fn push(&mut self, t: f64, lambda: f64, m: Array2<f64>) {
-        if self.entries.len() == self.capacity {
-            self.entries.pop_front();
-        }
-        self.entries.push_back((t, lambda, m));
+    /// Records `m` (taken; `m` receives the evicted array once the history is full, so that the
+    /// caller's buffer is reused).
+    pub fn push(&mut self, t: f64, lambda: f64, m: &mut Array2<f64>) {
+        let old = if self.entries.len() == self.capacity {
+            self.entries.pop_front().map(|e| e.2)
+        } else {
+            None
+        };
+        self.entries
+            .push_back((t, lambda, std::mem::replace(m, old.unwrap_or_default())));
     }
 
     pub fn len(&self) -> usize {
@@ -269,6 +298,42 @@ impl History {
     pub fn back(&self, j: usize) -> &(f64, f64, Array2<f64>) {
         &self.entries[self.entries.len() - 1 - j]
     }
+
+    fn terms<'a>(
+        &'a self,
+        u: &Weights,
+        m_new: Option<&'a Array2<f64>>,
+    ) -> [(f64, &'a Array2<f64>); MAX_HISTORY + 1] {
+        let m0 = &self.back(0).2;
+        let mut terms = [(0.0, m0); MAX_HISTORY + 1];
+        for (j, term) in terms.iter_mut().enumerate().take(self.len()) {
+            *term = (u.w[j], &self.back(j).2);
+        }
+        if let Some(m) = m_new {
+            terms[MAX_HISTORY] = (u.w_new, m);
+        }
+        terms
+    }
+
+    /// x <- c_x x + sum_j w_j m_j + w_new m_new, in place.
+    pub fn apply(&self, u: &Weights, x: &mut Array2<f64>, m_new: Option<&Array2<f64>>) {
+        update(x, u.c_x, &self.terms(u, m_new));
+    }
+
+    /// out = c_x x + sum_j w_j m_j.
+    pub fn apply_into(&self, u: &Weights, x: &Array2<f64>, out: &mut Array2<f64>) {
+        let h = self.terms(u, None);
+        combine(out, &[(u.c_x, x), h[0], h[1], h[2], h[3]]);
+    }
+}
+
+/// The per-step buffers of a multistep method: the new model value, the predicted point and the
+/// singlestep warm-up stages.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    pub m: Array2<f64>,
+    pub pred: Array2<f64>,
+    pub stages: Stages,
 }
 
 /// Multistep DPM-Solver-k from the newest history time to t (Lu et al. 2022b, Algorithm 2 and the
@@ -288,36 +353,30 @@ pub fn multistep(
     d2_scale: f64,
     hist: &History,
     t: f64,
-    x: &Array2<f64>,
-) -> Array2<f64> {
-    let (s, l0, m0) = hist.back(0);
+) -> Weights {
+    let (s, l0, _) = hist.back(0);
     let st = Step::new(model, p, *s, t);
+    let mut u = Weights::new(st.c_x, st.e(1));
     if k == 1 {
-        return st.first(x, m0);
+        return u;
     }
-    let (_, l1, m1) = hist.back(1);
+    let l1 = hist.back(1).1;
     let r0 = (l0 - l1) / st.h;
-    let d1_0 = (m0 - m1) / r0;
     if k == 2 {
         let c = match ty {
             Type::DpmSolver => 0.5 * st.e(1),
             Type::Taylor => st.e(2),
         };
-        return lincomb(&[(st.c_x, x), (st.e(1), m0), (c, &d1_0)]);
+        u.diff(0, 1, c / r0);
+        return u;
     }
-    let (_, l2, m2) = hist.back(2);
+    let l2 = hist.back(2).1;
     let r1 = (l1 - l2) / st.h;
-    let d1_1 = (m1 - m2) / r1;
-    let diff = &d1_0 - &d1_1;
-    lincomb(&[
-        (st.c_x, x),
-        (st.e(1), m0),
-        (st.e(2), &d1_0),
-        (
-            st.e(2) * r0 / (r0 + r1) + d2_scale * st.e(3) / (r0 + r1),
-            &diff,
-        ),
-    ])
+    let c = st.e(2) * r0 / (r0 + r1) + d2_scale * st.e(3) / (r0 + r1);
+    // E_2 D1_0 + c (D1_0 - D1_1)
+    u.diff(0, 1, (st.e(2) + c) / r0);
+    u.diff(1, 2, -c / r1);
+    u
 }
 
 /// UniPC's B(h): `bh1` is B(h) = hh, `bh2` is B(h) = e^hh - 1 (Zhao et al. 2023, Sec. 3.3).
@@ -327,9 +386,13 @@ pub enum Variant {
     Bh2,
 }
 
-/// Solves the small dense system a y = b (k <= 4) by Gaussian elimination with partial pivoting.
-fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
-    let n = b.len();
+/// Solves the leading n x n block of a y = b (n <= 4) by Gaussian elimination with partial
+/// pivoting.
+fn solve(
+    mut a: [[f64; MAX_HISTORY]; MAX_HISTORY],
+    mut b: [f64; MAX_HISTORY],
+    n: usize,
+) -> [f64; MAX_HISTORY] {
     for c in 0..n {
         let p = (c..n)
             .max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))
@@ -338,14 +401,14 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
         b.swap(c, p);
         for r in c + 1..n {
             let f = a[r][c] / a[c][c];
-            let pivot = a[c].clone();
-            for (arj, pj) in a[r][c..].iter_mut().zip(&pivot[c..]) {
+            let pivot = a[c];
+            for (arj, pj) in a[r][c..n].iter_mut().zip(&pivot[c..n]) {
                 *arj -= f * pj;
             }
             b[r] -= f * b[c];
         }
     }
-    let mut y = vec![0.0; n];
+    let mut y = [0.0; MAX_HISTORY];
     for c in (0..n).rev() {
         let s: f64 = (c + 1..n).map(|j| a[c][j] * y[j]).sum();
         y[c] = (b[c] - s) / a[c][c];
@@ -358,93 +421,84 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
 /// points, D_j = (m_j - m_0)/r_j, R_ij = r_j^(i-1) (r_k = 1), and
 /// b_i = i! hh phi_{i+1}(hh) / B(h), the predictor solves the leading (k-1)-block (rho = 1/2 at
 /// k = 2) and the corrector the full k x k system with D_k = m_t - m_0 (rho = 1/2 at k = 1).
-/// Both return x_t = c_x x + E_1 m_0 + c_m (hh/h) B(h) sum_j rho_j D_j.
-pub struct UniPc<'h> {
+/// Both are x_t = c_x x + E_1 m_0 + c_m (hh/h) B(h) sum_j rho_j D_j.
+pub struct UniPc {
     st: Step,
     bh: f64,
-    rks: Vec<f64>,
-    b: Vec<f64>,
-    d: Vec<Array2<f64>>,
-    m0: &'h Array2<f64>,
+    /// r_1..r_{k-1}, then 1.
+    rks: [f64; MAX_HISTORY],
+    b: [f64; MAX_HISTORY],
+    k: usize,
 }
 
-impl<'h> UniPc<'h> {
+impl UniPc {
     pub fn new(
         model: &Model,
         p: Param,
         variant: Variant,
         k: usize,
-        hist: &'h History,
+        hist: &History,
         t: f64,
     ) -> Self {
-        let (s, l0, m0) = hist.back(0);
+        let (s, l0, _) = hist.back(0);
         let st = Step::new(model, p, *s, t);
-        let mut rks = Vec::new();
-        let mut d = Vec::new();
-        for j in 1..k {
-            let (_, lj, mj) = hist.back(j);
-            let rk = (lj - l0) / st.h;
-            rks.push(rk);
-            d.push((mj - m0) / rk);
+        let mut rks = [0.0; MAX_HISTORY];
+        for (j, rk) in rks.iter_mut().enumerate().take(k - 1) {
+            *rk = (hist.back(j + 1).1 - l0) / st.h;
         }
-        rks.push(1.0);
+        rks[k - 1] = 1.0;
         let bh = match variant {
             Variant::Bh1 => st.hh,
             Variant::Bh2 => st.hh.exp_m1(),
         };
+        let mut b = [0.0; MAX_HISTORY];
         let mut fact = 1.0;
-        let b = (1..=k)
-            .map(|i| {
-                fact *= i as f64;
-                fact * st.hh * phi(i + 1, st.hh) / bh
-            })
-            .collect();
-        UniPc {
-            st,
-            bh,
-            rks,
-            b,
-            d,
-            m0,
+        for (i, bi) in b.iter_mut().enumerate().take(k) {
+            fact *= (i + 1) as f64;
+            *bi = fact * st.hh * phi(i + 2, st.hh) / bh;
         }
+        UniPc { st, bh, rks, b, k }
     }
 
-    fn matrix(&self, n: usize) -> Vec<Vec<f64>> {
-        (0..n)
-            .map(|i| (0..n).map(|j| self.rks[j].powi(i as i32)).collect())
-            .collect()
+    /// rho from the leading n x n block of R rho = b (rho = 1/2 when n = 1).
+    fn rhos(&self, n: usize) -> [f64; MAX_HISTORY] {
+        let mut rho = [0.0; MAX_HISTORY];
+        if n == 1 {
+            rho[0] = 0.5;
+        } else if n > 1 {
+            let mut a = [[0.0; MAX_HISTORY]; MAX_HISTORY];
+            for (i, row) in a.iter_mut().enumerate().take(n) {
+                for (j, aij) in row.iter_mut().enumerate().take(n) {
+                    *aij = self.rks[j].powi(i as i32);
+                }
+            }
+            rho = solve(a, self.b, n);
+        }
+        rho
     }
 
-    fn combine(&self, x: &Array2<f64>, rhos: &[f64], extra: Option<&Array2<f64>>) -> Array2<f64> {
+    fn weights(&self, n: usize, corrector: bool) -> Weights {
         let scale = self.st.c_m * (self.st.hh / self.st.h) * self.bh;
-        let mut terms = vec![(self.st.c_x, x), (self.st.e(1), self.m0)];
-        for (rho, dj) in rhos.iter().zip(self.d.iter().chain(extra)) {
-            terms.push((scale * rho, dj));
+        let rho = self.rhos(n);
+        let mut u = Weights::new(self.st.c_x, self.st.e(1));
+        for (j, (rho, rk)) in rho.iter().zip(&self.rks).enumerate().take(self.k - 1) {
+            u.diff(j + 1, 0, scale * rho / rk);
         }
-        lincomb(&terms)
+        if corrector {
+            u.w_new = scale * rho[self.k - 1];
+            u.w[0] -= u.w_new;
+        }
+        u
     }
 
     /// UniP-k: x_t from the history alone.
-    pub fn predict(&self, x: &Array2<f64>) -> Array2<f64> {
-        let k = self.d.len();
-        let rhos = match k {
-            0 => vec![],
-            1 => vec![0.5],
-            _ => solve(self.matrix(k), self.b[..k].to_vec()),
-        };
-        self.combine(x, &rhos, None)
+    pub fn predict(&self) -> Weights {
+        self.weights(self.k - 1, false)
     }
 
-    /// UniC-k: the corrected x_t from the model value m_t at the predicted x_t.
-    pub fn correct(&self, x: &Array2<f64>, m_t: &Array2<f64>) -> Array2<f64> {
-        let k = self.d.len() + 1;
-        let rhos = if k == 1 {
-            vec![0.5]
-        } else {
-            solve(self.matrix(k), self.b.clone())
-        };
-        let dt = m_t - self.m0;
-        self.combine(x, &rhos, Some(&dt))
+    /// UniC-k: the corrected x_t, with the model value m_t at the predicted x_t as `m_new`.
+    pub fn correct(&self) -> Weights {
+        self.weights(self.k, true)
     }
 }
 
@@ -480,12 +534,14 @@ mod tests {
     #[test]
     fn solve_small_systems() {
         let y = solve(
-            vec![
-                vec![1.0, 1.0, 1.0],
-                vec![-1.0, 0.5, 1.0],
-                vec![1.0, 0.25, 1.0],
+            [
+                [1.0, 1.0, 1.0, 0.0],
+                [-1.0, 0.5, 1.0, 0.0],
+                [1.0, 0.25, 1.0, 0.0],
+                [0.0; 4],
             ],
-            vec![3.0, 0.5, 2.25],
+            [3.0, 0.5, 2.25, 0.0],
+            3,
         );
         for (a, b) in y.iter().zip([1.0, 1.0, 1.0]) {
             assert!((a - b).abs() < 1e-15);

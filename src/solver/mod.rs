@@ -21,6 +21,7 @@ use crate::prediction::Prediction;
 use crate::schedule::{NoiseLevel, Schedule};
 use crate::spec::Spec;
 use ndarray::{Array2, ArrayView2, Zip};
+use rayon::prelude::*;
 
 pub mod adams;
 pub mod ddim;
@@ -54,16 +55,30 @@ impl<'a> Model<'a> {
         self.schedule.lambda(t)
     }
 
-    /// One evaluation: the prediction `kind` at the rows of `x` at time t.
-    pub fn eval(&self, kind: Prediction, x: &Array2<f64>, t: f64) -> Result<Array2<f64>> {
-        let mut out = Array2::zeros(x.dim());
+    /// One evaluation: the prediction `kind` at the rows of `x` at time t, into `out` (which must
+    /// have the shape of `x`; [`ensure`] makes it so without allocating after the first call).
+    pub fn eval_into(
+        &self,
+        kind: Prediction,
+        x: &Array2<f64>,
+        t: f64,
+        out: &mut Array2<f64>,
+    ) -> Result<()> {
+        ensure(out, x.dim());
         self.oracle
             .predict(kind, x.view(), &self.level(t), out.view_mut())?;
-        if out.iter().any(|v| !v.is_finite()) {
+        if !all_finite(out) {
             return Err(Error::Domain(format!(
                 "the model returned a non-finite {kind} prediction at t = {t}"
             )));
         }
+        Ok(())
+    }
+
+    /// [`Model::eval_into`] into a new array.
+    pub fn eval(&self, kind: Prediction, x: &Array2<f64>, t: f64) -> Result<Array2<f64>> {
+        let mut out = Array2::zeros(x.dim());
+        self.eval_into(kind, x, t, &mut out)?;
         Ok(out)
     }
 }
@@ -102,7 +117,7 @@ pub fn integrate(
         )));
     }
     let times = solver.plan(grid, model.schedule)?;
-    let mut x = x.to_owned();
+    let mut x = x.as_standard_layout().into_owned();
     for i in 0..times.len() - 1 {
         solver.step(model, &times, i, &mut x)?;
     }
@@ -127,14 +142,106 @@ pub fn trajectory(
     Ok((times, states))
 }
 
-/// sum_k c_k a_k.
-pub fn lincomb(terms: &[(f64, &Array2<f64>)]) -> Array2<f64> {
-    let mut out = terms[0].1 * terms[0].0;
-    for &(c, a) in &terms[1..] {
-        if c != 0.0 {
-            Zip::from(&mut out).and(a).for_each(|o, &v| *o += c * v);
+/// Elements per parallel task of the element-wise kernels; every element's arithmetic is the
+/// same whichever thread does it, so results are bit-identical at any thread count.
+const CHUNK: usize = 8192;
+
+/// Makes `a` an (N, d) array in standard layout, reallocating only when its shape differs.
+pub fn ensure(a: &mut Array2<f64>, dim: (usize, usize)) {
+    if a.dim() != dim || !a.is_standard_layout() {
+        *a = Array2::zeros(dim);
+    }
+}
+
+fn all_finite(a: &Array2<f64>) -> bool {
+    match a.as_slice() {
+        Some(v) if v.len() > CHUNK => v.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite())),
+        _ => a.iter().all(|v| v.is_finite()),
+    }
+}
+
+/// `out = c_out out + sum_j c_j a_j` (with `c_out = None`, `out = sum_j c_j a_j`), element by
+/// element and in the order of `terms`; terms after the first with c_j = 0 are skipped. One
+/// parallel pass over the memory; nothing is allocated.
+fn kernel(out: &mut Array2<f64>, c_out: Option<f64>, terms: &[(f64, &Array2<f64>)]) {
+    let dim = out.dim();
+    assert!(terms.iter().all(|(_, a)| a.dim() == dim), "shape mismatch");
+    let one = |o: &mut [f64], off: usize, slices: &[(f64, &[f64])]| {
+        let n = o.len();
+        let mut rest = slices;
+        match c_out {
+            Some(c) => o.iter_mut().for_each(|v| *v *= c),
+            None => {
+                let (c, a) = slices[0];
+                o.iter_mut()
+                    .zip(&a[off..off + n])
+                    .for_each(|(v, &a)| *v = a * c);
+                rest = &slices[1..];
+            }
+        }
+        for &(c, a) in rest {
+            if c != 0.0 {
+                o.iter_mut()
+                    .zip(&a[off..off + n])
+                    .for_each(|(v, &a)| *v += c * a);
+            }
+        }
+    };
+    let mut slices = [(0.0, &[][..]); MAX_TERMS];
+    let contiguous = terms.len() <= MAX_TERMS
+        && terms
+            .iter()
+            .zip(slices.iter_mut())
+            .all(|(&(c, a), s)| a.as_slice().map(|v| *s = (c, v)).is_some());
+    match (out.as_slice_mut(), contiguous) {
+        (Some(o), true) => {
+            let slices = &slices[..terms.len()];
+            if o.len() <= CHUNK {
+                one(o, 0, slices);
+            } else {
+                o.par_chunks_mut(CHUNK)
+                    .enumerate()
+                    .for_each(|(i, c)| one(c, i * CHUNK, slices));
+            }
+        }
+        _ => {
+            let mut rest = terms;
+            match c_out {
+                Some(c) => out.mapv_inplace(|v| v * c),
+                None => {
+                    Zip::from(&mut *out)
+                        .and(terms[0].1)
+                        .for_each(|o, &a| *o = a * terms[0].0);
+                    rest = &terms[1..];
+                }
+            }
+            for &(c, a) in rest {
+                if c != 0.0 {
+                    Zip::from(&mut *out).and(a).for_each(|o, &v| *o += c * v);
+                }
+            }
         }
     }
+}
+
+/// The most terms a [`combine`] or [`update`] takes.
+pub const MAX_TERMS: usize = 8;
+
+/// `out = sum_j c_j a_j` (`out` is reshaped if needed, then written without allocating).
+pub fn combine(out: &mut Array2<f64>, terms: &[(f64, &Array2<f64>)]) {
+    ensure(out, terms[0].1.dim());
+    kernel(out, None, terms);
+}
+
+/// `x = c_x x + sum_j c_j a_j`, in place.
+pub fn update(x: &mut Array2<f64>, c_x: f64, terms: &[(f64, &Array2<f64>)]) {
+    kernel(x, Some(c_x), terms);
+}
+
+/// sum_k c_k a_k into a new array.
+pub fn lincomb(terms: &[(f64, &Array2<f64>)]) -> Array2<f64> {
+    let mut out = Array2::zeros(terms[0].1.dim());
+    kernel(&mut out, None, terms);
     out
 }
 

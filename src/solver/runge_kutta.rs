@@ -16,7 +16,7 @@
 //! A Butcher tableau is data: `a` (strictly lower triangular), `b`, `c`; a unit test checks
 //! sum_j a_ij = c_i and sum_i b_i = 1.
 
-use super::{lincomb, Entry, Model, Solver};
+use super::{combine, update, Entry, Model, Solver, MAX_TERMS};
 use crate::error::Result;
 use crate::grid::{t_of_rho, Grid};
 use crate::prediction::Prediction;
@@ -54,18 +54,33 @@ pub const RK4_TABLEAU: Tableau = Tableau {
     euler_to_zero: false,
 };
 
-pub struct RungeKutta(&'static Tableau);
+/// A Runge-Kutta method with its stage buffers: the stage values k_j and the stage point.
+pub struct RungeKutta {
+    tab: &'static Tableau,
+    k: Vec<Array2<f64>>,
+    point: Array2<f64>,
+}
+
+impl RungeKutta {
+    pub fn new(tab: &'static Tableau) -> Self {
+        RungeKutta {
+            tab,
+            k: (0..tab.b.len()).map(|_| Array2::zeros((0, 0))).collect(),
+            point: Array2::zeros((0, 0)),
+        }
+    }
+}
 
 impl Solver for RungeKutta {
     fn order(&self) -> usize {
-        self.0.order
+        self.tab.order
     }
     fn nfe_per_step(&self) -> usize {
-        self.0.b.len()
+        self.tab.b.len()
     }
     fn nfe(&self, grid: &Grid, schedule: &dyn Schedule) -> Option<usize> {
-        let k = self.0.b.len();
-        let saved = if self.0.euler_to_zero && grid.ends_at_zero(schedule) {
+        let k = self.tab.b.len();
+        let saved = if self.tab.euler_to_zero && grid.ends_at_zero(schedule) {
             k - 1
         } else {
             0
@@ -75,25 +90,31 @@ impl Solver for RungeKutta {
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (s, t) = (times[i], times[i + 1]);
         let dt = t - s;
-        let tab = if self.0.euler_to_zero && model.level(t).sigma == 0.0 {
+        let tab = if self.tab.euler_to_zero && model.level(t).sigma == 0.0 {
             &EULER_TABLEAU
         } else {
-            self.0
+            self.tab
         };
-        let mut k: Vec<Array2<f64>> = Vec::with_capacity(tab.b.len());
+        let (k, point) = (&mut self.k, &mut self.point);
         for (j, &c) in tab.c.iter().enumerate() {
-            let xj = if j == 0 {
-                x.clone()
-            } else {
-                let mut terms = vec![(1.0, &*x)];
-                terms.extend(tab.a[j - 1].iter().zip(&k).map(|(&a, kj)| (a * dt, kj)));
-                lincomb(&terms)
-            };
-            k.push(model.eval(Prediction::Velocity, &xj, s + c * dt)?);
+            let (done, rest) = k.split_at_mut(j);
+            if j == 0 {
+                model.eval_into(Prediction::Velocity, x, s, &mut rest[0])?;
+                continue;
+            }
+            let mut terms = [(0.0, &*x); MAX_TERMS];
+            terms[0].0 = 1.0;
+            for (term, (&a, kj)) in terms[1..].iter_mut().zip(tab.a[j - 1].iter().zip(&*done)) {
+                *term = (a * dt, kj);
+            }
+            combine(point, &terms[..j + 1]);
+            model.eval_into(Prediction::Velocity, point, s + c * dt, &mut rest[0])?;
         }
-        let mut terms = vec![(1.0, &*x)];
-        terms.extend(tab.b.iter().zip(&k).map(|(&b, kj)| (b * dt, kj)));
-        *x = lincomb(&terms);
+        let mut terms = [(0.0, &k[0]); MAX_TERMS];
+        for (term, (&b, kj)) in terms.iter_mut().zip(tab.b.iter().zip(&*k)) {
+            *term = (b * dt, kj);
+        }
+        update(x, 1.0, &terms[..tab.b.len()]);
         Ok(())
     }
 }
@@ -101,28 +122,33 @@ impl Solver for RungeKutta {
 pub const EULER: Entry = Entry {
     name: "euler",
     summary: "Euler's method on dx/dt",
-    build: |_, _| Ok(Box::new(RungeKutta(&EULER_TABLEAU))),
+    build: |_, _| Ok(Box::new(RungeKutta::new(&EULER_TABLEAU))),
     variants: &[("", "logsnr")],
 };
 pub const HEUN: Entry = Entry {
     name: "heun",
     summary: "Heun's method on dx/dt (EDM Algorithm 1; Euler on the step to sigma = 0)",
-    build: |_, _| Ok(Box::new(RungeKutta(&HEUN_TABLEAU))),
+    build: |_, _| Ok(Box::new(RungeKutta::new(&HEUN_TABLEAU))),
     variants: &[("", "logsnr")],
 };
 pub const RK4: Entry = Entry {
     name: "rk4",
     summary: "classical fourth-order Runge-Kutta on dx/dt",
-    build: |_, _| Ok(Box::new(RungeKutta(&RK4_TABLEAU))),
+    build: |_, _| Ok(Box::new(RungeKutta::new(&RK4_TABLEAU))),
     variants: &[("", "logsnr")],
 };
 
-pub struct Dpm2;
+#[derive(Default)]
+pub struct Dpm2 {
+    eps: Array2<f64>,
+    eps_mid: Array2<f64>,
+    x_mid: Array2<f64>,
+}
 
 pub const DPM2: Entry = Entry {
     name: "dpm2",
     summary: "k-diffusion sample_dpm_2: midpoint in sigma/alpha at the geometric mean",
-    build: |_, _| Ok(Box::new(Dpm2)),
+    build: |_, _| Ok(Box::<Dpm2>::default()),
     variants: &[("", "karras")],
 };
 
@@ -139,21 +165,24 @@ impl Solver for Dpm2 {
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (a, b) = (model.level(times[i]), model.level(times[i + 1]));
         let (rho_s, rho_t) = (a.sigma / a.alpha, b.sigma / b.alpha);
-        let eps = model.eval(Prediction::Eps, x, times[i])?;
-        let d_rho = if rho_t == 0.0 {
-            lincomb(&[(-rho_s, &eps)])
+        model.eval_into(Prediction::Eps, x, times[i], &mut self.eps)?;
+        let slope = if rho_t == 0.0 {
+            &self.eps
         } else {
             let rho_mid = (rho_s.ln() + 0.5 * (rho_t.ln() - rho_s.ln())).exp();
             let t_mid = t_of_rho(model.schedule, rho_mid)?;
             let alpha_mid = model.level(t_mid).alpha;
-            let x_mid = lincomb(&[
-                (alpha_mid / a.alpha, x),
-                (alpha_mid * (rho_mid - rho_s), &eps),
-            ]);
-            let eps_mid = model.eval(Prediction::Eps, &x_mid, t_mid)?;
-            lincomb(&[(rho_t - rho_s, &eps_mid)])
+            combine(
+                &mut self.x_mid,
+                &[
+                    (alpha_mid / a.alpha, x),
+                    (alpha_mid * (rho_mid - rho_s), &self.eps),
+                ],
+            );
+            model.eval_into(Prediction::Eps, &self.x_mid, t_mid, &mut self.eps_mid)?;
+            &self.eps_mid
         };
-        *x = lincomb(&[(b.alpha / a.alpha, x), (b.alpha, &d_rho)]);
+        update(x, b.alpha / a.alpha, &[(b.alpha * (rho_t - rho_s), slope)]);
         Ok(())
     }
 }

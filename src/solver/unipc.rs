@@ -23,7 +23,7 @@
 //!
 //! The step to sigma = 0 is the first-order denoising step x_t = alpha_t x0_hat(x_s).
 
-use super::expint::{self, History, Param, UniPc, Variant};
+use super::expint::{self, Buffers, History, Param, UniPc, Variant};
 use super::{Entry, Model, Multistep, Solver};
 use crate::error::Result;
 use crate::grid::Grid;
@@ -36,6 +36,7 @@ pub struct Unipc {
     ms: Multistep,
     corrector: bool,
     hist: History,
+    buf: Buffers,
 }
 
 pub const ENTRY: Entry = Entry {
@@ -56,6 +57,7 @@ pub const ENTRY: Entry = Entry {
             ms,
             corrector,
             hist: History::new(order),
+            buf: Buffers::default(),
         }))
     },
     variants: &[
@@ -89,37 +91,39 @@ impl Solver for Unipc {
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (s, t) = (times[i], times[i + 1]);
         let kind = self.p.prediction();
+        let Buffers { m, pred, stages } = &mut self.buf;
         if self.hist.is_empty() {
-            let m = model.eval(kind, x, s)?;
+            model.eval_into(kind, x, s, m)?;
             self.hist.push(s, model.lambda(s), m);
         }
         let n = times.len() - 1;
         let last = i + 1 == n;
+        let m0 = &self.hist.back(0).2;
         if model.level(t).sigma == 0.0 {
-            *x = expint::denoise(model, self.p, s, t, x, &self.hist.back(0).2);
+            expint::denoise(model, self.p, s, t, x, m0);
             return Ok(());
         }
         if self.ms.singlestep_at(i, false) {
-            *x = expint::warmup(model, self.p, self.ms.order, s, t, x, &self.hist.back(0).2)?;
+            expint::warmup(model, self.p, self.ms.order, s, t, x, m0, stages)?;
             if !last {
-                let m = model.eval(kind, x, t)?;
+                model.eval_into(kind, x, t, m)?;
                 self.hist.push(t, model.lambda(t), m);
             }
             return Ok(());
         }
         let k = self.ms.step_order(i, n, self.hist.len());
         let unipc = UniPc::new(model, self.p, self.variant, k, &self.hist, t);
-        let pred = unipc.predict(x);
         if last {
-            *x = pred;
+            self.hist.apply(&unipc.predict(), x, None);
             return Ok(());
         }
-        let m = model.eval(kind, &pred, t)?;
-        *x = if self.corrector {
-            unipc.correct(x, &m)
+        self.hist.apply_into(&unipc.predict(), x, pred);
+        model.eval_into(kind, pred, t, m)?;
+        if self.corrector {
+            self.hist.apply(&unipc.correct(), x, Some(m));
         } else {
-            pred
-        };
+            std::mem::swap(x, pred);
+        }
         self.hist.push(t, model.lambda(t), m);
         Ok(())
     }
