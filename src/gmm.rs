@@ -30,6 +30,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 use serde_json::Value;
+use std::cell::RefCell;
 use std::path::Path;
 
 /// Tolerance on |sum of weights - 1|.
@@ -286,6 +287,23 @@ fn product_into(a: &Array2<f64>, b: &Array2<f64>, transpose_b: bool, dst: faer::
 /// for themselves on such thin matrices).
 const SMALL_D: usize = 8;
 
+/// Runs `f` on `n` values of this thread's reusable scratch memory (grown when needed; a fresh
+/// vector when an enclosing call on the same thread holds it).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+            f(&mut v[..n])
+        }
+        Err(_) => f(&mut vec![0.0; n]),
+    })
+}
+
 /// The active components' constants at one noise level, flat over (component, axis).
 #[derive(Default)]
 struct Level {
@@ -468,27 +486,55 @@ impl GaussianMixture {
     /// The constants of the active components at this level, flat over (component, axis):
     /// D = alpha^2 l + sigma^2, c = alpha mu_k^T U_k, ln w_k - (sum ln D)/2, and with `ab` =
     /// (a, b) of the wanted prediction a x0_hat + b score the gains (a alpha l - b)/D.
-    fn level(&self, at: &NoiseLevel, ab: Option<(f64, f64)>) -> Level {
+    /// Fills `lv` (its vectors are cleared, so their memory is reused).
+    fn level_into(&self, at: &NoiseLevel, ab: Option<(f64, f64)>, lv: &mut Level) {
         let (a2, s2) = (at.alpha * at.alpha, at.sigma * at.sigma);
-        let mut lv = Level::default();
+        lv.log_norm.clear();
+        lv.c.clear();
+        lv.inv_d.clear();
+        lv.gain.clear();
+        lv.mean.clear();
         for &k in &self.active {
             let comp = &self.components[k];
-            let d: Vec<f64> = comp.l.iter().map(|&l| a2 * l + s2).collect();
-            lv.log_norm
-                .push(self.log_w[k] - 0.5 * d.iter().map(|v| v.ln()).sum::<f64>());
-            lv.c.extend((comp.mean.dot(&comp.u) * at.alpha).iter());
-            lv.inv_d.extend(d.iter().map(|v| v.recip()));
-            if let Some((a, b)) = ab {
-                lv.gain.extend(
-                    comp.l
-                        .iter()
-                        .zip(&d)
-                        .map(|(&l, &d)| (a * at.alpha * l - b) / d),
-                );
+            let mut log_det = 0.0;
+            for (j, &l) in comp.l.iter().enumerate() {
+                let dj = a2 * l + s2;
+                log_det += dj.ln();
+                lv.c.push(comp.mean.dot(&comp.u.column(j)) * at.alpha);
+                lv.inv_d.push(dj.recip());
+                if let Some((a, b)) = ab {
+                    lv.gain.push((a * at.alpha * l - b) / dj);
+                }
+            }
+            lv.log_norm.push(self.log_w[k] - 0.5 * log_det);
+            if let Some((a, _)) = ab {
                 lv.mean.extend(comp.mean.iter().map(|m| a * m));
             }
         }
-        lv
+    }
+
+    /// Runs `f` with the level at `at`, built in this thread's reusable buffer (a fresh one when
+    /// that buffer is in use by an enclosing call on the same thread).
+    fn with_level<R>(
+        &self,
+        at: &NoiseLevel,
+        ab: Option<(f64, f64)>,
+        f: impl FnOnce(&Level) -> R,
+    ) -> R {
+        thread_local! {
+            static LEVEL: RefCell<Level> = RefCell::new(Level::default());
+        }
+        LEVEL.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut lv) => {
+                self.level_into(at, ab, &mut lv);
+                f(&lv)
+            }
+            Err(_) => {
+                let mut lv = Level::default();
+                self.level_into(at, ab, &mut lv);
+                f(&lv)
+            }
+        })
     }
 
     /// One chunk of rows `x` (m x d): ln p (without -d/2 ln 2 pi) into `log_p` (for a level without
@@ -510,15 +556,35 @@ impl GaussianMixture {
             }
         };
         match d {
-            1 => return self.small_rows::<1>(lv, xs, out, log_p),
-            2 => return self.small_rows::<2>(lv, xs, out, log_p),
-            3 => return self.small_rows::<3>(lv, xs, out, log_p),
-            4 => return self.small_rows::<4>(lv, xs, out, log_p),
+            1 => return with_scratch(k, |r| self.small_rows::<1>(lv, xs, r, out, log_p)),
+            2 => return with_scratch(k, |r| self.small_rows::<2>(lv, xs, r, out, log_p)),
+            3 => return with_scratch(k, |r| self.small_rows::<3>(lv, xs, r, out, log_p)),
+            4 => return with_scratch(k, |r| self.small_rows::<4>(lv, xs, r, out, log_p)),
             _ => {}
         }
+        with_scratch(m * (kd + k), |scratch| {
+            self.transform(lv, xs, d, scratch, out, log_p)
+        });
+    }
+
+    /// The body of [`Self::chunk`] for d > 4, with `scratch` of m (K d + K) values for Z and the
+    /// responsibilities.
+    fn transform(
+        &self,
+        lv: &Level,
+        xs: &[f64],
+        d: usize,
+        scratch: &mut [f64],
+        out: Option<&mut [f64]>,
+        log_p: &mut [f64],
+    ) {
+        let m = xs.len() / d;
+        let k = self.active.len();
+        let kd = k * d;
         let u_all = faer::MatRef::from_row_major_slice(&self.u_all, d, kd);
-        let mut z = vec![0.0; m * kd];
+        let (z, r) = scratch.split_at_mut(m * kd);
         if d <= SMALL_D {
+            z.fill(0.0);
             for (zi, xi) in z.chunks_exact_mut(kd).zip(xs.chunks_exact(d)) {
                 for (&xl, ul) in xi.iter().zip(self.u_all.chunks_exact(kd)) {
                     for (zj, &u) in zi.iter_mut().zip(ul) {
@@ -528,7 +594,7 @@ impl GaussianMixture {
             }
         } else {
             faer::linalg::matmul::matmul(
-                faer::MatMut::from_row_major_slice_mut(&mut z, m, kd),
+                faer::MatMut::from_row_major_slice_mut(z, m, kd),
                 faer::Accum::Replace,
                 faer::MatRef::from_row_major_slice(xs, m, d),
                 u_all,
@@ -536,7 +602,6 @@ impl GaussianMixture {
                 Par::Seq,
             );
         }
-        let mut r = vec![0.0; m * k];
         for i in 0..m {
             let row = &mut z[i * kd..(i + 1) * kd];
             let ri = &mut r[i * k..(i + 1) * k];
@@ -580,7 +645,7 @@ impl GaussianMixture {
                 faer::linalg::matmul::matmul(
                     faer::MatMut::from_row_major_slice_mut(out, m, d),
                     faer::Accum::Replace,
-                    faer::MatRef::from_row_major_slice(&z, m, kd),
+                    faer::MatRef::from_row_major_slice(z, m, kd),
                     u_all.transpose(),
                     1.0,
                     Par::Seq,
@@ -604,6 +669,7 @@ impl GaussianMixture {
         &self,
         lv: &Level,
         xs: &[f64],
+        r: &mut [f64],
         out: Option<&mut [f64]>,
         log_p: &mut [f64],
     ) {
@@ -622,7 +688,6 @@ impl GaussianMixture {
             }
             z
         };
-        let mut r = vec![0.0; k];
         let mut out = out;
         for (i, xi) in xs.chunks_exact(D).enumerate() {
             let x: [f64; D] = xi.try_into().expect("row of length D");
@@ -679,13 +744,14 @@ impl GaussianMixture {
         }
         let mut out = Array1::zeros(x.nrows());
         let c = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
-        let lv = self.level(at, None);
-        par_rows(x, out.view_mut().insert_axis(Axis(1)), |x, mut out| {
-            let mut log_p = vec![0.0; x.nrows()];
-            self.chunk(&lv, x, None, &mut log_p);
-            for (o, l) in out.iter_mut().zip(&log_p) {
-                *o = l + c;
-            }
+        self.with_level(at, None, |lv| {
+            par_rows(x, out.view_mut().insert_axis(Axis(1)), |x, mut out| {
+                let mut log_p = vec![0.0; x.nrows()];
+                self.chunk(lv, x, None, &mut log_p);
+                for (o, l) in out.iter_mut().zip(&log_p) {
+                    *o = l + c;
+                }
+            })
         });
         Ok(out)
     }
@@ -788,17 +854,15 @@ impl Oracle for GaussianMixture {
                 at.t
             )));
         }
-        let lv = self.level(at, Some(ab));
-        par_rows(x, out, |x, mut out| {
-            let mut log_p = vec![0.0; x.nrows()];
-            match out.as_slice_mut() {
-                Some(o) => self.chunk(&lv, x, Some(o), &mut log_p),
+        self.with_level(at, Some(ab), |lv| {
+            par_rows(x, out, |x, mut out| match out.as_slice_mut() {
+                Some(o) => self.chunk(lv, x, Some(o), &mut []),
                 None => {
                     let mut o = vec![0.0; x.len()];
-                    self.chunk(&lv, x, Some(&mut o), &mut log_p);
+                    self.chunk(lv, x, Some(&mut o), &mut []);
                     out.assign(&ArrayView2::from_shape(x.dim(), &o).expect("shape"));
                 }
-            }
+            })
         });
         Ok(())
     }

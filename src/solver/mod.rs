@@ -85,7 +85,7 @@ impl<'a> Model<'a> {
 
 /// A one-step or multistep method. A solver is built for one run: [`Solver::plan`] is called once,
 /// then [`Solver::step`] for i = 0..times.len()-1 in order.
-pub trait Solver {
+pub trait Solver: Send {
     /// The theoretical order of convergence (global error O(h^order)).
     fn order(&self) -> usize;
     /// Evaluations per step in the steady state.
@@ -118,10 +118,14 @@ pub fn integrate(
     }
     let times = solver.plan(grid, model.schedule)?;
     let mut x = x.as_standard_layout().into_owned();
-    for i in 0..times.len() - 1 {
-        solver.step(model, &times, i, &mut x)?;
-    }
-    Ok(x)
+    // The loop runs on a worker of the thread pool, so that the parallel kernels inside a step
+    // are queued on the worker's own deque rather than the pool's global queue, which allocates.
+    rayon::scope(|_| {
+        for i in 0..times.len() - 1 {
+            solver.step(model, &times, i, &mut x)?;
+        }
+        Ok(x)
+    })
 }
 
 /// Like [`integrate`], but returns the points at every time of the solver's plan (for fixed-grid
