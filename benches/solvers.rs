@@ -5,35 +5,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pfode::grid::Grid;
-use pfode::ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use pfode::ndarray::Array2;
+use pfode::oracle::Free;
+use pfode::schedule;
 use pfode::solver::{self, Env, Model};
-use pfode::{schedule, NoiseLevel, Oracle, Prediction, Result};
-
-/// An oracle that costs nothing: every prediction is 0.
-struct Free(usize);
-
-impl Oracle for Free {
-    fn dim(&self) -> usize {
-        self.0
-    }
-    fn native(&self) -> Prediction {
-        Prediction::X0
-    }
-    fn eval(&self, _: ArrayView2<f64>, _: &NoiseLevel, mut out: ArrayViewMut2<f64>) -> Result<()> {
-        out.fill(0.0);
-        Ok(())
-    }
-    fn predict(
-        &self,
-        _: Prediction,
-        _: ArrayView2<f64>,
-        _: &NoiseLevel,
-        mut out: ArrayViewMut2<f64>,
-    ) -> Result<()> {
-        out.fill(0.0);
-        Ok(())
-    }
-}
 
 pub const SPECS: [&str; 12] = [
     "euler",

@@ -3,7 +3,11 @@
 //! Writes `results/bench_oracle.json`. See `bench_oracle --help`.
 
 use clap::Parser;
-use pfode::oracle::Oracle;
+use pfode::grid::Grid;
+use pfode::ndarray::Array2;
+use pfode::oracle::{Free, Oracle};
+use pfode::solver::{self, Env, Model};
+use pfode::study::convergence::MAIN_SOLVERS;
 use pfode::study::{exit_on_error, Provenance};
 use pfode::{io, problems, schedule, Error, Prediction, Result};
 use serde_json::{json, Value};
@@ -22,7 +26,10 @@ const CASES: [(&str, usize); 3] = [("ring2d", 100_000), ("aniso16", 20_000), ("m
                   warm-up call, on all rayon threads. FLOPs are counted as 4 N K d^2 (two products per\n\
                   component). The peak is the best of 3 faer products of two 2048^2 float64 matrices.\n\
                   With --python PY, PY runs benches/oracle_reference.py (NumPy, PyTorch CPU) on the same\n\
-                  problems, sizes and thread count, and the ratios are recorded side by side."
+                  problems, sizes and thread count, and the ratios are recorded side by side.\n\
+                  With the aniso16 case, each main solver runs on a free oracle (every prediction 0) over\n\
+                  logSNR grids of 20 and 40 steps; its overhead per evaluation, (T_40 - T_20)/(NFE_40 -\n\
+                  NFE_20), is recorded as a percentage of the oracle's time per call in the same run."
 )]
 struct Args {
     #[arg(long, default_value_t = 50)]
@@ -32,6 +39,9 @@ struct Args {
     python: Option<String>,
     #[arg(long, default_value = "results/bench_oracle.json")]
     out: PathBuf,
+    /// Skip the solver-overhead measurement (done with the aniso16 case).
+    #[arg(long)]
+    no_solvers: bool,
     /// Comma-separated subset of the cases (ring2d, aniso16, mix64).
     #[arg(long, value_delimiter = ',')]
     cases: Option<Vec<String>>,
@@ -69,6 +79,51 @@ fn peak() -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// Each main solver on the free oracle ([`Free`]) from the points `x` over logSNR grids of 20 and
+/// 40 steps (vp-linear, t = 1 to 1e-3): the steady-state cost of the solver's own arithmetic per
+/// evaluation, (T_40 - T_20)/(NFE_40 - NFE_20), and the whole-run cost T_20/NFE_20 (buffer set-up
+/// included), each as a fraction of the oracle's time per call `oracle_s` measured in this run.
+fn solver_overhead(repeats: usize, x: &Array2<f64>, oracle_s: f64) -> Result<Value> {
+    let s = schedule::parse("vp-linear")?;
+    let free = Free(x.ncols());
+    let model = Model::new(&free, s.as_ref());
+    let env = Env {
+        schedule: s.as_ref(),
+        mixture: None,
+    };
+    let mut rows = Vec::new();
+    for spec in MAIN_SOLVERS {
+        let run = |steps: usize| -> Result<(f64, usize)> {
+            let grid = Grid::parse(
+                &format!("logsnr:steps={steps},t_start=1,t_end=0.001"),
+                s.as_ref(),
+            )?;
+            let nfe = solver::build(spec, &env)?
+                .solver
+                .nfe(&grid, s.as_ref())
+                .expect("fixed grid");
+            let secs = time(repeats.min(20), || {
+                let mut built = solver::build(spec, &env)?;
+                solver::integrate(built.solver.as_mut(), &model, &grid, x.view()).map(|_| ())
+            })?;
+            Ok((secs, nfe))
+        };
+        let (t20, n20) = run(20)?;
+        let (t40, n40) = run(40)?;
+        let per_eval = (t40 - t20) / (n40 - n20) as f64;
+        rows.push(json!({
+            "solver": spec,
+            "nfe_20_steps": n20,
+            "seconds_20_steps": t20,
+            "seconds_40_steps": t40,
+            "overhead_per_eval_s": per_eval,
+            "overhead_percent": 100.0 * per_eval / oracle_s,
+            "whole_run_percent": 100.0 * t20 / n20 as f64 / oracle_s,
+        }));
+    }
+    Ok(json!(rows))
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -145,6 +200,9 @@ fn run(args: &Args) -> Result<()> {
             case["python"] = v.clone();
             case["speedup_vs_numpy"] = json!(ratio("numpy_s"));
             case["speedup_vs_torch"] = json!(ratio("torch_s"));
+        }
+        if name == "aniso16" && !args.no_solvers {
+            case["solver_overhead"] = solver_overhead(args.repeats, &x, secs)?;
         }
         println!("{case}");
         cases.push(case);

@@ -149,3 +149,31 @@ impl<O: Oracle> Oracle for Counted<O> {
         self.inner.predict(kind, x, at, out)
     }
 }
+
+/// An oracle that costs nothing: every prediction of every type is 0 (written in parallel). Timing
+/// a solver on it isolates the solver's own arithmetic (`cargo bench --bench solvers`,
+/// `bench_oracle`).
+pub struct Free(pub usize);
+
+impl Oracle for Free {
+    fn dim(&self) -> usize {
+        self.0
+    }
+    fn native(&self) -> Prediction {
+        Prediction::X0
+    }
+    fn eval(&self, x: ArrayView2<f64>, _: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
+        check_batch(self.0, &x, &out)?;
+        par_rows(x, out, |_, mut out| out.fill(0.0));
+        Ok(())
+    }
+    fn predict(
+        &self,
+        _: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        self.eval(x, at, out)
+    }
+}
