@@ -1,6 +1,7 @@
-//! Per-step overhead of every solver's own arithmetic: the registry's solvers on an oracle that
-//! costs nothing (it returns zeros), N = 2e4 points in d = 16 on a 20-step logSNR grid, vp-linear.
-//! Compare with the oracle bench at (16, 5, 2e4): overhead per step / oracle time per call.
+//! Per-step overhead of every solver's own arithmetic: the solvers on an oracle that costs nothing
+//! ([`pfode::oracle::Free`]), N = 2e4 points in d = 16 on a 20-step logSNR grid, vp-linear; each
+//! iteration builds the solver and runs `integrate`, buffer set-up included. Compare with the
+//! oracle bench at (16, 5, 2e4); `bench_oracle` records the steady-state ratio per evaluation.
 //! `cargo bench --bench solvers`.
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -291,6 +291,29 @@ const SMALL_D: usize = 8;
 /// components); beyond, they are allocated per chunk. (A stack array, which the compiler knows
 /// aliases nothing, also measured 1.4x faster at (16, 5) than a reused heap buffer.)
 const STACK_R: usize = 4096;
+/// z <- z - c, and sum_j z_j^2 g_j in four interleaved partial sums (lanes j mod 4, added
+/// pairwise at the end), so that the loop vectorizes; the order is fixed, so the result is too.
+#[inline]
+fn centered_quad(z: &mut [f64], c: &[f64], g: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let n4 = z.len() / 4 * 4;
+    for ((z, c), g) in z[..n4]
+        .chunks_exact_mut(4)
+        .zip(c.chunks_exact(4))
+        .zip(g.chunks_exact(4))
+    {
+        for l in 0..4 {
+            z[l] -= c[l];
+            acc[l] += z[l] * z[l] * g[l];
+        }
+    }
+    for j in n4..z.len() {
+        z[j] -= c[j];
+        acc[j - n4] += z[j] * z[j] * g[j];
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
 thread_local! {
     /// Each thread's buffer for Z in [`GaussianMixture::chunk`], taken and put back by every call,
     /// so that it is allocated once per thread.
@@ -596,12 +619,7 @@ impl GaussianMixture {
             let mut max = f64::NEG_INFINITY;
             for b in 0..k {
                 let block = &mut row[b * d..(b + 1) * d];
-                let mut quad = 0.0;
-                for ((zj, &cj), &gj) in block.iter_mut().zip(&lv.c[b * d..]).zip(&lv.inv_d[b * d..])
-                {
-                    *zj -= cj;
-                    quad += *zj * *zj * gj;
-                }
+                let quad = centered_quad(block, &lv.c[b * d..(b + 1) * d], &lv.inv_d[b * d..]);
                 ri[b] = lv.log_norm[b] - 0.5 * quad;
                 max = max.max(ri[b]);
             }
