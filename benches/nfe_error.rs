@@ -66,6 +66,7 @@ fn main() {
     let env = Env {
         schedule: s.as_ref(),
         mixture: Some(&mixture),
+        noise_seed: 0,
     };
     let mut c = Criterion::default().configure_from_args().sample_size(10);
     let mut group = c.benchmark_group("aniso16_20_steps");

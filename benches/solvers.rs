@@ -37,6 +37,7 @@ fn solvers(c: &mut Criterion) {
     let env = Env {
         schedule: s.as_ref(),
         mixture: None,
+        noise_seed: 0,
     };
     let mut group = c.benchmark_group("solver_step_overhead");
     group.sample_size(10);

@@ -92,6 +92,7 @@ fn solver_overhead(repeats: usize, x: &Array2<f64>, oracle_s: f64) -> Result<Val
     let env = Env {
         schedule: s.as_ref(),
         mixture: None,
+        noise_seed: 0,
     };
     let mut rows = Vec::new();
     for spec in MAIN_SOLVERS {

@@ -62,6 +62,7 @@ fn run(args: &Args) -> Result<()> {
     let env = Env {
         schedule: schedule.as_ref(),
         mixture: Some(&mixture),
+        noise_seed: 0,
     };
     let mut built = solver::build(&args.solver, &env)?;
     let x0 = io::read_npy(&args.init)?;

@@ -4,6 +4,7 @@
 //! the closed-form [`gaussian_flow`], later networks) -> [`solver`] over a [`grid`] -> metrics ->
 //! experiments.
 
+pub mod brownian;
 pub mod error;
 pub mod schedule;
 pub mod spec;

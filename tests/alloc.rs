@@ -71,6 +71,7 @@ fn the_step_loop_allocates_nothing() {
         let env = Env {
             schedule: s.as_ref(),
             mixture: Some(&mixture),
+            noise_seed: 0,
         };
         let model = Model::new(&mixture, s.as_ref());
         // Start the thread pool and the threads' scratch before measuring.

@@ -38,6 +38,7 @@ fn pfode_reproduces_the_reference_implementations() {
         let env = Env {
             schedule: s.as_ref(),
             mixture: Some(&mixture),
+            noise_seed: 0,
         };
         let spec = c["solver"].as_str().unwrap();
         let mut built = solver::build(spec, &env).unwrap();

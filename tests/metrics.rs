@@ -19,6 +19,7 @@ fn solve(spec: &str, sched: &dyn Schedule, grid: &Grid, x: &Array2<f64>) -> Arra
     let env = Env {
         schedule: sched,
         mixture: Some(&mixture),
+        noise_seed: 0,
     };
     let mut built = solver::build(spec, &env).unwrap();
     let oracle = Counted::new(&mixture);

@@ -48,6 +48,7 @@ fn run(
     let env = Env {
         schedule: s,
         mixture: Some(mixture),
+        noise_seed: 0,
     };
     let mut built = solver::build(solver, &env).unwrap();
     let oracle = Counted::new(mixture);

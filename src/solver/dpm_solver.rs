@@ -262,7 +262,7 @@ impl Solver for DpmSolver {
             stages.len = 0;
             expint::singlestep(model, self.p, self.ty, ms.order, s, t, &r, x, m0, stages)?;
         } else {
-            let u = expint::multistep(model, self.p, self.ty, k, self.d2_scale, &self.hist, t);
+            let u = expint::multistep(model, self.p, self.ty, k, self.d2_scale, 0.0, &self.hist, t);
             if self.unic && !last {
                 self.hist.apply_into(&u, x, pred);
                 model.eval_into(kind, pred, t, m)?;

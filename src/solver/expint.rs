@@ -83,10 +83,25 @@ pub struct Step {
 
 impl Step {
     pub fn new(model: &Model, p: Param, s: f64, t: f64) -> Step {
+        Step::with_eta(model, p, s, t, 0.0)
+    }
+
+    /// The step of the data-prediction SDE family with noise parameter eta (Lu et al. 2022b,
+    /// Sec. 5; k-diffusion `sample_dpmpp_2m_sde`): x_t = (sigma_t/sigma_s) e^{-eta h} x_s
+    /// + alpha_t int_0^h' e^{-(h'-u)} m du + noise with h' = (1 + eta) h, i.e. hh = -h' and
+    /// E_k = alpha_t h' phi_k(-h'); `h` stays the log-SNR step, which sets the ratios r.
+    pub fn with_eta(model: &Model, p: Param, s: f64, t: f64, eta: f64) -> Step {
         let (ls, lt) = (model.schedule.lambda(s), model.schedule.lambda(t));
         let (a, b) = (model.level(s), model.level(t));
         let h = lt - ls;
+        assert!(eta == 0.0 || p == Param::Data, "the SDE family is data prediction");
         match p {
+            Param::Data if eta != 0.0 => Step {
+                h,
+                hh: -(1.0 + eta) * h,
+                c_x: b.sigma / a.sigma * (-eta * h).exp(),
+                c_m: b.alpha,
+            },
             Param::Data => Step {
                 h,
                 hh: -h,
@@ -102,9 +117,9 @@ impl Step {
         }
     }
 
-    /// E_k = c_m h phi_k(hh).
+    /// E_k = c_m |hh| phi_k(hh) (|hh| = h for the ODE).
     pub fn e(&self, k: usize) -> f64 {
-        self.c_m * self.h * phi(k, self.hh)
+        self.c_m * self.hh.abs() * phi(k, self.hh)
     }
 
     /// The first-order (DDIM) step x <- c_x x + E_1 m.
@@ -343,7 +358,8 @@ pub struct Buffers {
 /// adds E_2 D1 + c E_3 D2 for both types. D2 ~ h^2 m''/2, while the Taylor term is E_3 h^2 m'':
 /// the official code (and k-diffusion's `dpmpp_3m_sde`, diffusers' third-order update) takes
 /// c = 1, which leaves an O(h^3) local error, so the update is second order; c = 2
-/// (`d2_scale = 2.0`) is the Taylor-consistent, third-order update.
+/// (`d2_scale = 2.0`) is the Taylor-consistent, third-order update. With eta > 0 the E_k are those
+/// of [`Step::with_eta`] (the SDE updates of k-diffusion's `dpmpp_2m_sde` and `dpmpp_3m_sde`).
 #[allow(clippy::too_many_arguments)]
 pub fn multistep(
     model: &Model,
@@ -351,11 +367,12 @@ pub fn multistep(
     ty: Type,
     k: usize,
     d2_scale: f64,
+    eta: f64,
     hist: &History,
     t: f64,
 ) -> Weights {
     let (s, l0, _) = hist.back(0);
-    let st = Step::new(model, p, *s, t);
+    let st = Step::with_eta(model, p, *s, t, eta);
     let mut u = Weights::new(st.c_x, st.e(1));
     if k == 1 {
         return u;

@@ -33,7 +33,12 @@ pub mod expint;
 pub mod quadrature;
 pub mod reference;
 pub mod runge_kutta;
+pub mod sde;
+pub mod sde_dpm;
 pub mod unipc;
+pub mod ancestral;
+pub mod edm;
+pub mod euler_maruyama;
 
 /// The model a solver sees: an oracle under a schedule.
 #[derive(Clone, Copy)]
@@ -99,6 +104,11 @@ pub trait Solver: Send {
     }
     /// Advances `x` from `times[i]` to `times[i + 1]`.
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()>;
+    /// The noise source of a stochastic sampler (`None` for a deterministic one), which a caller
+    /// may replace (e.g. by [`sde::Probe`]) before the run.
+    fn noise(&mut self) -> Option<&mut Box<dyn sde::Noise>> {
+        None
+    }
 }
 
 /// Runs `solver` over `grid` from `x` (the points at `grid.times[0]`); returns the points at the
@@ -267,6 +277,8 @@ pub fn lincomb(terms: &[(f64, &Array2<f64>)]) -> Array2<f64> {
 pub struct Env<'a> {
     pub schedule: &'a dyn Schedule,
     pub mixture: Option<&'a GaussianMixture>,
+    /// The seed of the Brownian paths of stochastic samplers ([`sde::Brownian`]).
+    pub noise_seed: u64,
 }
 
 /// A registered solver.
@@ -293,6 +305,13 @@ pub const SOLVERS: &[Entry] = &[
     adams::LMS,
     adams::IPNDM,
     unipc::ENTRY,
+    euler_maruyama::ENTRY,
+    ddim::DDPM,
+    sde_dpm::SDE_DPM_SOLVER_PP,
+    sde_dpm::DPMPP_3M_SDE,
+    ancestral::EULER_ANCESTRAL,
+    ancestral::DPMPP_2S_ANCESTRAL,
+    edm::ENTRY,
     reference::ENTRY,
     exact::ENTRY,
 ];

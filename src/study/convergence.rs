@@ -337,6 +337,7 @@ fn build_group(config: &Config, key: &str) -> Result<GroupData> {
         let env = Env {
             schedule: s,
             mixture: Some(&mixture),
+            noise_seed: 0,
         };
         let mut built = solver::build(&config.reference, &env)?;
         let oracle = Counted::new(&mixture);
@@ -445,6 +446,7 @@ impl Study for Convergence {
         let env = Env {
             schedule: s,
             mixture: Some(&g.mixture),
+            noise_seed: 0,
         };
         let probe = solver::build(solver_text, &env)?;
         let grid_of = |steps: usize| Grid::parse(&grid_spec(grid_name, steps, s), s);

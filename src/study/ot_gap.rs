@@ -200,6 +200,7 @@ impl Study for OtGap {
         let env = Env {
             schedule: s,
             mixture: Some(&mixture),
+            noise_seed: 0,
         };
         let oracle = Counted::new(&mixture);
         let model = Model::new(&oracle, s);

@@ -1,0 +1,167 @@
+//! Stochastic samplers: the Brownian path, identities with the deterministic solvers, strong and
+//! weak orders, convergence of the output law, and Fokker-Planck consistency.
+
+use pfode::brownian::BrownianPath;
+use pfode::grid::Grid;
+use pfode::ndarray::{s, Array2, Axis};
+use pfode::solver::{self, Env, Model};
+use pfode::{problems, schedule, Counted, GaussianMixture, Schedule};
+
+fn run(
+    mixture: &GaussianMixture,
+    s: &dyn Schedule,
+    spec: &str,
+    grid: &str,
+    x: &Array2<f64>,
+    seed: u64,
+) -> (Array2<f64>, usize) {
+    let grid = Grid::parse(grid, s).unwrap();
+    let env = Env {
+        schedule: s,
+        mixture: Some(mixture),
+        noise_seed: seed,
+    };
+    let mut built = solver::build(spec, &env).unwrap();
+    let oracle = Counted::new(mixture);
+    let model = Model::new(&oracle, s);
+    let out = solver::integrate(built.solver.as_mut(), &model, &grid, x.view()).unwrap();
+    assert_eq!(Some(oracle.nfe()), built.solver.nfe(&grid, s), "{spec}");
+    (out, oracle.nfe())
+}
+
+fn max_rel(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+#[test]
+fn brownian_increments_refine_consistently() {
+    let path = BrownianPath::new(5);
+    let s = schedule::parse("vp-linear").unwrap();
+    let (rows, d) = (4000, 3);
+    let coarse = Grid::parse("logsnr:steps=10,t_start=1,t_end=0.001", s.as_ref()).unwrap();
+    let fine = Grid::parse("logsnr:steps=40,t_start=1,t_end=0.001", s.as_ref()).unwrap();
+    for (i, t) in coarse.times.iter().enumerate() {
+        assert_eq!(*t, fine.times[4 * i]);
+    }
+    let mut wc = path.walk(&coarse.times, rows, d).unwrap();
+    let mut wf = path.walk(&fine.times, rows, d).unwrap();
+    let mut dc = Array2::zeros((0, 0));
+    let mut df = Array2::zeros((0, 0));
+    let mut worst = 0.0f64;
+    let mut fine_incs = Vec::new();
+    for i in 0..10 {
+        wc.increment(i, &mut dc).unwrap();
+        let mut sum = Array2::<f64>::zeros((rows, d));
+        for j in 0..4 {
+            wf.increment(4 * i + j, &mut df).unwrap();
+            sum += &df;
+            fine_incs.push((4 * i + j, df.clone()));
+        }
+        worst = worst.max(max_rel(&sum, &dc));
+        // The walk's values are the tree's values at any index.
+        let v = wc.value(i + 1) - wc.value(i);
+        assert!(max_rel(&v, &dc) < 1e-14);
+    }
+    assert!(worst < 1e-14, "fine increments sum to the coarse one: {worst:e}");
+    // Each fine increment has variance |dt| (4000 x 3 draws: relative SE 1.3%), and
+    // increments of different steps are uncorrelated (SE of the correlation 0.009).
+    for (j, inc) in &fine_incs {
+        let dt = (fine.times[j + 1] - fine.times[*j]).abs();
+        let var = inc.mapv(|v| v * v).mean().unwrap() / dt;
+        assert!((var - 1.0).abs() < 0.06, "step {j}: variance ratio {var}");
+    }
+    for w in fine_incs.windows(2) {
+        let (a, b) = (&w[0].1, &w[1].1);
+        let na = a.mapv(|v| v * v).sum().sqrt();
+        let nb = b.mapv(|v| v * v).sum().sqrt();
+        let corr = (a * b).sum() / (na * nb);
+        assert!(corr.abs() < 0.05, "steps {} {}: correlation {corr}", w[0].0, w[1].0);
+    }
+    // Same seed, same path at any thread count; the first rows of a larger batch are a
+    // smaller batch.
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    let value = |pool: &rayon::ThreadPool, rows: usize| {
+        pool.install(|| path.walk(&fine.times, rows, d).unwrap().value(17))
+    };
+    let a = value(&one, 300);
+    assert_eq!(a, value(&four, 300));
+    assert_eq!(value(&four, 100), a.slice(s![..100, ..]));
+    assert_ne!(
+        BrownianPath::new(6).walk(&fine.times, 100, d).unwrap().value(17),
+        a.slice(s![..100, ..])
+    );
+    // Out-of-order steps are an error, not a silent new path.
+    let mut w = path.walk(&coarse.times, 2, 1).unwrap();
+    assert!(w.increment(1, &mut dc).is_err());
+}
+
+#[test]
+fn stochastic_samplers_reduce_to_their_deterministic_parts_and_to_each_other() {
+    let mixture = problems::load("gauss4").unwrap();
+    let vp = schedule::parse("vp-linear").unwrap();
+    let edm = schedule::parse("edm").unwrap();
+    let x_vp = mixture.sample_pt(64, &vp.level(1.0), 3);
+    let x_edm = mixture.sample_pt(64, &edm.level(80.0), 3);
+    let logsnr = "logsnr:steps=12,t_start=1,t_end=0.001";
+    let uniform = "time-uniform:steps=12,t_start=1,t_end=0.001";
+    let karras = "karras:steps=12,sigma_min=0.002,sigma_max=80,zero=true";
+    let cases: &[(&str, &str, &str, &dyn Schedule, &Array2<f64>)] = &[
+        ("euler-maruyama:eta=0", "euler", uniform, vp.as_ref(), &x_vp),
+        ("ddim:eta=0", "ddim", logsnr, vp.as_ref(), &x_vp),
+        ("euler-ancestral:eta=0", "ddim", logsnr, vp.as_ref(), &x_vp),
+        (
+            "dpmpp-2s-ancestral:eta=0",
+            "dpm-solver++:order=2,method=singlestep-fixed",
+            logsnr,
+            vp.as_ref(),
+            &x_vp,
+        ),
+        (
+            "sde-dpm-solver++:order=2,eta=0",
+            "dpm-solver++:order=2,lower_order_final=false",
+            logsnr,
+            vp.as_ref(),
+            &x_vp,
+        ),
+        (
+            "sde-dpm-solver++:order=2,type=heun,eta=0",
+            "dpm-solver++:order=2,type=taylor,lower_order_final=false",
+            logsnr,
+            vp.as_ref(),
+            &x_vp,
+        ),
+        (
+            "dpmpp-3m-sde:eta=0",
+            "dpm-solver++:order=3,type=taylor,lower_order_final=false",
+            logsnr,
+            vp.as_ref(),
+            &x_vp,
+        ),
+        ("edm", "heun", karras, edm.as_ref(), &x_edm),
+        // DDPM's posterior = DDIM with eta = 1 = SDE-DPM-Solver++1, on one Brownian path.
+        ("ddpm", "ddim:eta=1", uniform, vp.as_ref(), &x_vp),
+        ("ddpm", "sde-dpm-solver++:order=1", uniform, vp.as_ref(), &x_vp),
+        ("ddpm", "ddim:eta=1", karras, edm.as_ref(), &x_edm),
+    ];
+    for &(a, b, grid, s, x) in cases {
+        let (ya, na) = run(&mixture, s, a, grid, x, 9);
+        let (yb, nb) = run(&mixture, s, b, grid, x, 9);
+        let d = max_rel(&ya, &yb);
+        println!("{a} vs {b} on {grid}: {d:.1e}");
+        assert!(d < 1e-11, "{a} vs {b} on {grid}: {d:e}");
+        assert_eq!(na, nb, "{a} vs {b}");
+    }
+    // With noise the samplers differ from their deterministic parts, and one seed is one path.
+    let (y1, _) = run(&mixture, vp.as_ref(), "euler-ancestral", logsnr, &x_vp, 9);
+    let (y2, _) = run(&mixture, vp.as_ref(), "euler-ancestral", logsnr, &x_vp, 9);
+    let (y3, _) = run(&mixture, vp.as_ref(), "euler-ancestral", logsnr, &x_vp, 10);
+    let (yd, _) = run(&mixture, vp.as_ref(), "ddim", logsnr, &x_vp, 9);
+    assert_eq!(y1, y2);
+    assert!(max_rel(&y1, &y3) > 1e-2 && max_rel(&y1, &yd) > 1e-2);
+    let _ = Axis(0);
+}
