@@ -165,3 +165,41 @@ fn stochastic_samplers_reduce_to_their_deterministic_parts_and_to_each_other() {
     assert!(max_rel(&y1, &y3) > 1e-2 && max_rel(&y1, &yd) > 1e-2);
     let _ = Axis(0);
 }
+
+fn small() -> pfode::study::sde::Config {
+    let mut c = pfode::study::sde::Config::main();
+    c.problems = vec!["gauss4".into()];
+    c.steps = vec![16, 32, 64, 128];
+    c.refine = 8;
+    c.paths = 300;
+    c.fp_samples = 4000;
+    c.fp_steps = 256;
+    c
+}
+
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let x: Vec<f64> = points.iter().map(|p| p.0.ln()).collect();
+    let y: Vec<f64> = points.iter().map(|p| p.1.ln()).collect();
+    -pfode::metrics::fit_line(&x, &y).unwrap().slope
+}
+
+/// Euler-Maruyama on the reverse SDE (additive noise): strong order 1 on one Brownian path
+/// against a grid 8x finer, weak order 1 for the mean and the second moments (exact, from the
+/// output law on Gaussian data), each within 0.3.
+#[test]
+fn euler_maruyama_has_strong_and_weak_order_one() {
+    let c = small();
+    let pts = pfode::study::sde::errors(&c, "gauss4", "euler-maruyama").unwrap();
+    let get = |f: fn(&pfode::study::sde::Point) -> f64| -> Vec<(f64, f64)> {
+        pts.iter().map(|p| (p.nfe as f64, f(p))).collect()
+    };
+    let strong = get(|p| p.strong.unwrap().value);
+    let weak_mean = get(|p| p.weak_mean.unwrap().value);
+    let weak_second = get(|p| p.weak_second.unwrap().value);
+    println!("strong {strong:?}\nweak mean {weak_mean:?}\nweak second {weak_second:?}");
+    for (what, v) in [("strong", &strong), ("weak mean", &weak_mean), ("weak second", &weak_second)] {
+        let p = slope(v);
+        println!("{what}: order {p:.3}");
+        assert!((p - 1.0).abs() < 0.3, "{what}: order {p}");
+    }
+}

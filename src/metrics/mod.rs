@@ -5,6 +5,7 @@ pub mod assignment;
 pub mod distribution;
 pub mod law;
 pub mod order;
+pub mod sde;
 
 pub use distribution::Estimate;
 pub use law::GaussianLaw;

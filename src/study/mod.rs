@@ -20,6 +20,7 @@
 pub mod convergence;
 pub mod ot_gap;
 pub mod plot;
+pub mod sde;
 pub mod table;
 
 use crate::error::{Error, Result};
