@@ -215,6 +215,7 @@ fn every_stochastic_sampler_converges_in_law_on_gauss4() {
     c.paths = 8;
     c.refine = 1;
     let s = schedule::parse(&c.schedule).unwrap();
+    let gauss4 = problems::load("gauss4").unwrap();
     let mut failures = Vec::new();
     for entry in solver::SOLVERS {
         for &(opts, _) in entry.variants {
@@ -223,7 +224,7 @@ fn every_stochastic_sampler_converges_in_law_on_gauss4() {
             } else {
                 format!("{}:{opts}", entry.name)
             };
-            if !pfode::study::sde::is_stochastic(&spec, s.as_ref()).unwrap() {
+            if !pfode::study::sde::is_stochastic(&spec, s.as_ref(), &gauss4).unwrap() {
                 continue;
             }
             let pts = pfode::study::sde::errors(&c, "gauss4", &spec).unwrap();

@@ -105,7 +105,8 @@ fn order_of(ns: &[usize], errs: &[f64]) -> f64 {
 /// Whether `spec` injects noise (the stochastic samplers).
 fn stochastic(spec: &str) -> bool {
     let s = schedule::parse("vp-linear").unwrap();
-    pfode::study::sde::is_stochastic(spec, s.as_ref()).unwrap()
+    let gauss4 = problems::load("gauss4").unwrap();
+    pfode::study::sde::is_stochastic(spec, s.as_ref(), &gauss4).unwrap()
 }
 
 #[test]

@@ -173,10 +173,10 @@ fn logsnr(s: &dyn Schedule, steps: usize, t0: f64, t1: f64) -> Result<Grid> {
 }
 
 /// Whether `spec` builds a stochastic sampler.
-pub fn is_stochastic(spec: &str, s: &dyn Schedule) -> Result<bool> {
+pub fn is_stochastic(spec: &str, s: &dyn Schedule, mixture: &GaussianMixture) -> Result<bool> {
     let env = Env {
         schedule: s,
-        mixture: None,
+        mixture: Some(mixture),
         noise_seed: 0,
     };
     Ok(solver::build(spec, &env)?.solver.noise().is_some())
@@ -188,7 +188,7 @@ pub fn errors(config: &Config, problem: &str, spec: &str) -> Result<Vec<Point>> 
     let sched = schedule::parse(&config.schedule)?;
     let s = sched.as_ref();
     let (a0, a1) = (s.level(config.t_start), s.level(config.t_end));
-    let stochastic = is_stochastic(spec, s)?;
+    let stochastic = is_stochastic(spec, s, &mixture)?;
     let key = format!("{problem}|{spec}");
     let noise_seed = seed_for(config.seed, &format!("{key}|noise"));
     let x_paths = mixture.sample_pt(config.paths, &a0, seed_for(config.seed, problem));
