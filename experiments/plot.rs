@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use pfode::study::convergence::{Convergence, METRICS};
-use pfode::study::{self, kind_of, ot_gap::OtGap, plot};
+use pfode::study::{self, kind_of, ot_gap::OtGap, plot, sde::Sde};
 use pfode::{Error, Result};
 use std::path::PathBuf;
 
@@ -42,11 +42,16 @@ fn run(args: &Args) -> Result<()> {
             mkdir()?;
             plot::ot_gap(&doc, &args.out_dir)?
         }
+        "sde" => {
+            let doc = study::read::<Sde>(&args.results)?;
+            mkdir()?;
+            plot::sde(&doc, &args.out_dir)?
+        }
         other => {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
-                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap)"),
+                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde)"),
             ))
         }
     };

@@ -2,7 +2,7 @@
 //! KIND.md (Markdown) and KIND.tex (LaTeX, booktabs). See `pfode::study::table`.
 
 use clap::Parser;
-use pfode::study::{self, convergence::Convergence, kind_of, ot_gap::OtGap, table};
+use pfode::study::{self, convergence::Convergence, kind_of, ot_gap::OtGap, sde::Sde, table};
 use pfode::{io, Error, Result};
 use std::path::PathBuf;
 
@@ -28,11 +28,17 @@ fn run(args: &Args) -> Result<()> {
             let doc = study::read::<OtGap>(&args.results)?;
             (table::ot_gap(&doc), doc.provenance)
         }
+        "sde" => {
+            let doc = study::read::<Sde>(&args.results)?;
+            (table::sde(&doc), doc.provenance)
+        }
         other => {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
-                format!("no tables for results of kind '{other}' (valid: convergence, ot_gap)"),
+                format!(
+                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde)"
+                ),
             ))
         }
     };

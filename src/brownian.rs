@@ -76,7 +76,11 @@ impl BrownianPath {
     /// A walk along `times` (strictly monotone, n >= 1 steps) for `rows` rows of dimension d.
     pub fn walk(&self, times: &[f64], rows: usize, d: usize) -> Result<Walk> {
         let n = times.len().saturating_sub(1);
-        if n == 0 || times.windows(2).any(|w| !(w[1] - w[0]).is_finite() || w[1] == w[0]) {
+        if n == 0
+            || times
+                .windows(2)
+                .any(|w| !(w[1] - w[0]).is_finite() || w[1] == w[0])
+        {
             return Err(Error::Domain(
                 "a Brownian path needs a grid of at least one step with distinct finite times"
                     .into(),
@@ -161,7 +165,14 @@ impl Walk {
     }
 
     /// out = the bridge value at the split m of [a, c] given W_a and W_c.
-    fn bridge(&self, a: usize, m: usize, c: usize, wa: &Array2<f64>, wc: &Array2<f64>) -> Array2<f64> {
+    fn bridge(
+        &self,
+        a: usize,
+        m: usize,
+        c: usize,
+        wa: &Array2<f64>,
+        wc: &Array2<f64>,
+    ) -> Array2<f64> {
         let mut out = Array2::zeros((self.rows, self.d));
         self.bridge_into(a, m, c, wa, wc, &mut out);
         out
@@ -202,7 +213,10 @@ impl Walk {
         }
         let target = i + 1;
         loop {
-            let &(p, _) = self.stack.last().expect("the walk's stack holds the end point");
+            let &(p, _) = self
+                .stack
+                .last()
+                .expect("the walk's stack holds the end point");
             if p == target {
                 break;
             }

@@ -3,7 +3,7 @@
 
 use pfode::brownian::BrownianPath;
 use pfode::grid::Grid;
-use pfode::ndarray::{s, Array2, Axis};
+use pfode::ndarray::{s, Array2};
 use pfode::solver::{self, Env, Model};
 use pfode::{problems, schedule, Counted, GaussianMixture, Schedule};
 
@@ -66,7 +66,10 @@ fn brownian_increments_refine_consistently() {
         let v = wc.value(i + 1) - wc.value(i);
         assert!(max_rel(&v, &dc) < 1e-14);
     }
-    assert!(worst < 1e-14, "fine increments sum to the coarse one: {worst:e}");
+    assert!(
+        worst < 1e-14,
+        "fine increments sum to the coarse one: {worst:e}"
+    );
     // Each fine increment has variance |dt| (4000 x 3 draws: relative SE 1.3%), and
     // increments of different steps are uncorrelated (SE of the correlation 0.009).
     for (j, inc) in &fine_incs {
@@ -79,12 +82,23 @@ fn brownian_increments_refine_consistently() {
         let na = a.mapv(|v| v * v).sum().sqrt();
         let nb = b.mapv(|v| v * v).sum().sqrt();
         let corr = (a * b).sum() / (na * nb);
-        assert!(corr.abs() < 0.05, "steps {} {}: correlation {corr}", w[0].0, w[1].0);
+        assert!(
+            corr.abs() < 0.05,
+            "steps {} {}: correlation {corr}",
+            w[0].0,
+            w[1].0
+        );
     }
     // Same seed, same path at any thread count; the first rows of a larger batch are a
     // smaller batch.
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let four = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
     let value = |pool: &rayon::ThreadPool, rows: usize| {
         pool.install(|| path.walk(&fine.times, rows, d).unwrap().value(17))
     };
@@ -92,7 +106,10 @@ fn brownian_increments_refine_consistently() {
     assert_eq!(a, value(&four, 300));
     assert_eq!(value(&four, 100), a.slice(s![..100, ..]));
     assert_ne!(
-        BrownianPath::new(6).walk(&fine.times, 100, d).unwrap().value(17),
+        BrownianPath::new(6)
+            .walk(&fine.times, 100, d)
+            .unwrap()
+            .value(17),
         a.slice(s![..100, ..])
     );
     // Out-of-order steps are an error, not a silent new path.
@@ -110,7 +127,8 @@ fn stochastic_samplers_reduce_to_their_deterministic_parts_and_to_each_other() {
     let logsnr = "logsnr:steps=12,t_start=1,t_end=0.001";
     let uniform = "time-uniform:steps=12,t_start=1,t_end=0.001";
     let karras = "karras:steps=12,sigma_min=0.002,sigma_max=80,zero=true";
-    let cases: &[(&str, &str, &str, &dyn Schedule, &Array2<f64>)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a dyn Schedule, &'a Array2<f64>);
+    let cases: &[Case] = &[
         ("euler-maruyama:eta=0", "euler", uniform, vp.as_ref(), &x_vp),
         ("ddim:eta=0", "ddim", logsnr, vp.as_ref(), &x_vp),
         ("euler-ancestral:eta=0", "ddim", logsnr, vp.as_ref(), &x_vp),
@@ -145,7 +163,13 @@ fn stochastic_samplers_reduce_to_their_deterministic_parts_and_to_each_other() {
         ("edm", "heun", karras, edm.as_ref(), &x_edm),
         // DDPM's posterior = DDIM with eta = 1 = SDE-DPM-Solver++1, on one Brownian path.
         ("ddpm", "ddim:eta=1", uniform, vp.as_ref(), &x_vp),
-        ("ddpm", "sde-dpm-solver++:order=1", uniform, vp.as_ref(), &x_vp),
+        (
+            "ddpm",
+            "sde-dpm-solver++:order=1",
+            uniform,
+            vp.as_ref(),
+            &x_vp,
+        ),
         ("ddpm", "ddim:eta=1", karras, edm.as_ref(), &x_edm),
     ];
     for &(a, b, grid, s, x) in cases {
@@ -163,7 +187,6 @@ fn stochastic_samplers_reduce_to_their_deterministic_parts_and_to_each_other() {
     let (yd, _) = run(&mixture, vp.as_ref(), "ddim", logsnr, &x_vp, 9);
     assert_eq!(y1, y2);
     assert!(max_rel(&y1, &y3) > 1e-2 && max_rel(&y1, &yd) > 1e-2);
-    let _ = Axis(0);
 }
 
 fn small() -> pfode::study::sde::Config {
@@ -197,7 +220,11 @@ fn euler_maruyama_has_strong_and_weak_order_one() {
     let weak_mean = get(|p| p.weak_mean.unwrap().value);
     let weak_second = get(|p| p.weak_second.unwrap().value);
     println!("strong {strong:?}\nweak mean {weak_mean:?}\nweak second {weak_second:?}");
-    for (what, v) in [("strong", &strong), ("weak mean", &weak_mean), ("weak second", &weak_second)] {
+    for (what, v) in [
+        ("strong", &strong),
+        ("weak mean", &weak_mean),
+        ("weak second", &weak_second),
+    ] {
         let p = slope(v);
         println!("{what}: order {p:.3}");
         assert!((p - 1.0).abs() < 0.3, "{what}: order {p}");
@@ -230,7 +257,11 @@ fn every_stochastic_sampler_converges_in_law_on_gauss4() {
             let pts = pfode::study::sde::errors(&c, "gauss4", &spec).unwrap();
             let kl: Vec<f64> = pts.iter().map(|p| p.kl.unwrap()).collect();
             let w2: Vec<f64> = pts.iter().map(|p| p.w2.unwrap()).collect();
-            println!("{spec:<40} KL {kl:?}  W2 {w2:?}", kl = kl.iter().map(|v| format!("{v:.2e}")).collect::<Vec<_>>(), w2 = w2.iter().map(|v| format!("{v:.2e}")).collect::<Vec<_>>());
+            println!(
+                "{spec:<40} KL {kl:?}  W2 {w2:?}",
+                kl = kl.iter().map(|v| format!("{v:.2e}")).collect::<Vec<_>>(),
+                w2 = w2.iter().map(|v| format!("{v:.2e}")).collect::<Vec<_>>()
+            );
             // 4x the steps: KL ~ h^2 falls 16x and W2 ~ h 4x for a first-order sampler.
             let falls = kl.windows(2).all(|w| w[1] < w[0] / 4.0)
                 && w2.windows(2).all(|w| w[1] < w[0] / 2.5);
@@ -253,7 +284,12 @@ fn reverse_sde_and_pf_ode_share_their_marginals() {
         let pts = pfode::study::sde::fokker_planck(&c, problem).unwrap();
         for t in &c.fp_times {
             let at: Vec<_> = pts.iter().filter(|p| p.t == Some(*t)).collect();
-            let exact = at.iter().find(|p| p.solver == "exact").unwrap().nll.unwrap();
+            let exact = at
+                .iter()
+                .find(|p| p.solver == "exact")
+                .unwrap()
+                .nll
+                .unwrap();
             for p in &at {
                 let nll = p.nll.unwrap();
                 let z = (nll.value - exact.value) / (nll.se.powi(2) + exact.se.powi(2)).sqrt();

@@ -35,7 +35,12 @@ pub fn moments(mixture: &GaussianMixture, at: &NoiseLevel) -> (Array1<f64>, Arra
 }
 
 /// The weak errors of a law with mean m and second moment S against (mean, second).
-pub fn weak(m: &Array1<f64>, s: &Array2<f64>, mean: &Array1<f64>, second: &Array2<f64>) -> [f64; 2] {
+pub fn weak(
+    m: &Array1<f64>,
+    s: &Array2<f64>,
+    mean: &Array1<f64>,
+    second: &Array2<f64>,
+) -> [f64; 2] {
     let dm = (m - mean).mapv(|v| v * v).sum().sqrt();
     let ds = (s - second).mapv(|v| v * v).sum().sqrt();
     [dm, ds]
@@ -104,7 +109,8 @@ impl GaussianLaw {
     /// The output law from the images of [`GaussianLaw::probes_with_noise`].
     pub fn pushed_with_noise(&self, images: ArrayView2<f64>) -> Result<Self> {
         let d = self.dim();
-        if images.ncols() != d || images.nrows() < d + 1 || (images.nrows() - 1) % d != 0 {
+        if images.ncols() != d || images.nrows() < d + 1 || !(images.nrows() - 1).is_multiple_of(d)
+        {
             return Err(Error::Dimension(format!(
                 "expected 1 + d + n d probe images of dimension {d}, got {:?}",
                 images.dim()

@@ -87,7 +87,11 @@ impl Solver for Ancestral {
             return Ok(());
         }
         let (down, up) = ancestral(a.sigma / a.alpha, b.sigma / b.alpha, self.eta);
-        let t_down = if up == 0.0 { t } else { t_of_rho(model.schedule, down)? };
+        let t_down = if up == 0.0 {
+            t
+        } else {
+            t_of_rho(model.schedule, down)?
+        };
         if self.order == 1 {
             Step::new(model, Param::Data, s, t_down).first(x, &self.m);
         } else {

@@ -110,7 +110,10 @@ impl Solver for Ddim {
             *x = x0 * b.alpha + direction * eps;
         });
         if c_z > 0.0 {
-            let source = self.noise.as_mut().expect("ddim with eta > 0 is stochastic");
+            let source = self
+                .noise
+                .as_mut()
+                .expect("ddim with eta > 0 is stochastic");
             source.normal(times, i, x.dim(), &mut self.z)?;
             update(x, 1.0, &[(c_z, &self.z)]);
         }

@@ -37,7 +37,8 @@ pub struct EdmSampler {
 
 pub const ENTRY: Entry = Entry {
     name: "edm",
-    summary: "EDM stochastic sampler (Karras et al. 2022, Algorithm 2: s_churn, s_min, s_max, s_noise)",
+    summary:
+        "EDM stochastic sampler (Karras et al. 2022, Algorithm 2: s_churn, s_min, s_max, s_noise)",
     build: |spec, env| {
         let s_churn = spec.take_f64("s_churn", 0.0)?;
         let s_min = spec.take_f64("s_min", 0.0)?;
@@ -85,7 +86,13 @@ impl Solver for EdmSampler {
             Some(_) if in_range => (self.s_churn / n).min(2f64.sqrt() - 1.0),
             _ => 0.0,
         };
-        let Buffers { x_hat, d0, x_euler, d1, z } = &mut self.buf;
+        let Buffers {
+            x_hat,
+            d0,
+            x_euler,
+            d1,
+            z,
+        } = &mut self.buf;
         let t_hat = if gamma > 0.0 {
             let t_max = model.schedule.t_max();
             let rho_max = model.level(t_max).sigma / model.level(t_max).alpha;

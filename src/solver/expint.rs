@@ -87,14 +87,18 @@ impl Step {
     }
 
     /// The step of the data-prediction SDE family with noise parameter eta (Lu et al. 2022b,
-    /// Sec. 5; k-diffusion `sample_dpmpp_2m_sde`): x_t = (sigma_t/sigma_s) e^{-eta h} x_s
-    /// + alpha_t int_0^h' e^{-(h'-u)} m du + noise with h' = (1 + eta) h, i.e. hh = -h' and
-    /// E_k = alpha_t h' phi_k(-h'); `h` stays the log-SNR step, which sets the ratios r.
+    /// Sec. 5; k-diffusion `sample_dpmpp_2m_sde`): with h' = (1 + eta) h,
+    /// x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t int_0^h' e^{-(h'-u)} m du + noise,
+    /// i.e. hh = -h' and E_k = alpha_t h' phi_k(-h'); `h` stays the log-SNR step, which sets
+    /// the ratios r of the multistep updates.
     pub fn with_eta(model: &Model, p: Param, s: f64, t: f64, eta: f64) -> Step {
         let (ls, lt) = (model.schedule.lambda(s), model.schedule.lambda(t));
         let (a, b) = (model.level(s), model.level(t));
         let h = lt - ls;
-        assert!(eta == 0.0 || p == Param::Data, "the SDE family is data prediction");
+        assert!(
+            eta == 0.0 || p == Param::Data,
+            "the SDE family is data prediction"
+        );
         match p {
             Param::Data if eta != 0.0 => Step {
                 h,

@@ -24,10 +24,13 @@ use ndarray::{Array2, ArrayView2, Zip};
 use rayon::prelude::*;
 
 pub mod adams;
+pub mod ancestral;
 pub mod ddim;
 pub mod dop853;
 pub mod dpm_adaptive;
 pub mod dpm_solver;
+pub mod edm;
+pub mod euler_maruyama;
 pub mod exact;
 pub mod expint;
 pub mod quadrature;
@@ -36,9 +39,6 @@ pub mod runge_kutta;
 pub mod sde;
 pub mod sde_dpm;
 pub mod unipc;
-pub mod ancestral;
-pub mod edm;
-pub mod euler_maruyama;
 
 /// The model a solver sees: an oracle under a schedule.
 #[derive(Clone, Copy)]

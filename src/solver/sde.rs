@@ -110,7 +110,8 @@ pub fn ancestral(rho_s: f64, rho_t: f64, eta: f64) -> (f64, f64) {
     if eta == 0.0 {
         return (rho_t, 0.0);
     }
-    let up = rho_t.min(eta * (rho_t * rho_t * (rho_s * rho_s - rho_t * rho_t) / (rho_s * rho_s)).sqrt());
+    let up =
+        rho_t.min(eta * (rho_t * rho_t * (rho_s * rho_s - rho_t * rho_t) / (rho_s * rho_s)).sqrt());
     ((rho_t * rho_t - up * up).sqrt(), up)
 }
 

@@ -38,8 +38,7 @@ fn build(spec: &mut Spec, env: &Env, order: Option<usize>) -> Result<Box<dyn Sol
         Some(k) => k,
         None => spec.take_range("order", 2, 1, 2)?,
     };
-    let ty = if order == 3
-        || spec.take_choice("type", "midpoint", &["midpoint", "heun"])? == "heun"
+    let ty = if order == 3 || spec.take_choice("type", "midpoint", &["midpoint", "heun"])? == "heun"
     {
         Type::Taylor
     } else {
@@ -111,7 +110,16 @@ impl Solver for SdeDpmSolverPp {
         let n = times.len() - 1;
         let k = self.ms.step_order(i, n, self.hist.len());
         let d2_scale = 1.0;
-        let u = expint::multistep(model, Param::Data, self.ty, k, d2_scale, self.eta, &self.hist, t);
+        let u = expint::multistep(
+            model,
+            Param::Data,
+            self.ty,
+            k,
+            d2_scale,
+            self.eta,
+            &self.hist,
+            t,
+        );
         self.hist.apply(&u, x, None);
         let h = model.lambda(t) - model.lambda(s);
         let c_z = b.sigma * (-(-2.0 * self.eta * h).exp_m1()).sqrt() * self.s_noise;

@@ -7,10 +7,14 @@
 //!   written on each bar; and for 2-D problems the trajectories over the density of p_t at four
 //!   noise levels, one row per schedule.
 //!
+//! - `sde`: per problem, strong error and weak error vs NFE for the stochastic samplers (solid)
+//!   and the ODE solvers (dashed), and the Fokker-Planck panel.
+//!
 //! Every figure carries a footer with the git revision, command and seed of the results file.
 
 use super::convergence::{Convergence, Point as ConvPoint, METRICS};
 use super::ot_gap::OtGap;
+use super::sde::{Fit as SdeFit, Point as SdePoint, Sde};
 use super::{group_by, Doc, Provenance};
 use crate::error::{Error, Result};
 use crate::gmm::GaussianMixture;
@@ -586,6 +590,184 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                             .map_err(err)?;
                     }
                 }
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// A labelled line and whether it is dashed.
+type Series = (String, Vec<(f64, f64)>, bool);
+
+/// One line per series on log-log axes; `dashed` series (the ODE solvers) are drawn dashed.
+fn series_panel<DB: DrawingBackend>(
+    area: &Area<DB>,
+    title: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> Result<()> {
+    let xr = log_range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)));
+    let yr = log_range(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)));
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(56)
+        .build_cartesian_2d(xr.log_scale(), yr.log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("NFE")
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 11))
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .draw()
+        .map_err(err)?;
+    for (i, (label, pts, dashed)) in series.iter().enumerate() {
+        let c = color(i);
+        let style = c.stroke_width(2);
+        let drawn = if *dashed {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), style))
+        };
+        drawn
+            .map_err(err)?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 2, c.filled())))
+            .map_err(err)?;
+    }
+    legend(&mut chart, SeriesLabelPosition::LowerLeft)
+}
+
+/// The `sde` study: per problem, strong error and weak error of the second moments vs NFE (SDE
+/// samplers solid, ODE solvers dashed, fitted orders in the legend); and the Fokker-Planck panel,
+/// mean NLL under the exact p_t minus that of exact samples vs t, with 2-standard-error bars.
+pub fn sde(doc: &Doc<Sde>, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    let fits = &doc.summary.fits;
+    let errors: Vec<&SdePoint> = doc.points.iter().filter(|p| p.t.is_none()).collect();
+    for (problem, rows) in group_by(&errors, |p| p.problem.clone()) {
+        let stem = dir.join(format!("sde_{problem}"));
+        let solvers = unique(rows.iter().map(|p| p.solver.clone()));
+        type Metric = (
+            &'static str,
+            fn(&SdePoint) -> Option<f64>,
+            fn(&SdeFit) -> Option<f64>,
+        );
+        let metrics: [Metric; 2] = [
+            (
+                "strong error E|x_h - x_ref|",
+                |p| p.strong.map(|e| e.value),
+                |f| f.strong.map(|o| o.order),
+            ),
+            (
+                "weak error |E xx^T - E_p xx^T|",
+                |p| p.weak_second.map(|e| e.value),
+                |f| f.weak_second.map(|o| o.order),
+            ),
+        ];
+        render!(&stem, (1240, 560 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((1, 2));
+            for ((y_desc, value, order), panel) in metrics.iter().zip(panels.iter()) {
+                let series: Vec<Series> = solvers
+                    .iter()
+                    .map(|s| {
+                        let pts: Vec<(f64, f64)> = rows
+                            .iter()
+                            .filter(|p| &p.solver == s)
+                            .filter_map(|p| Some((p.nfe as f64, value(p)?)))
+                            .filter(|&(_, v)| v > super::sde::FLOOR)
+                            .collect();
+                        let fit = fits.iter().find(|f| f.problem == problem && &f.solver == s);
+                        let stochastic = fit.is_some_and(|f| f.stochastic);
+                        let label = match fit.and_then(order) {
+                            Some(o) => format!("{s} (p = {o:.2})"),
+                            None => s.clone(),
+                        };
+                        (label, pts, !stochastic)
+                    })
+                    .collect();
+                series_panel(panel, &format!("{problem}: {y_desc}"), y_desc, &series)?;
+            }
+        });
+    }
+    let fp: Vec<&SdePoint> = doc.points.iter().filter(|p| p.t.is_some()).collect();
+    let problems = unique(fp.iter().map(|p| p.problem.clone()));
+    if !problems.is_empty() {
+        let stem = dir.join("sde_fokker_planck");
+        let cols = problems.len() as u32;
+        render!(&stem, (560 * cols, 440 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((1, problems.len()));
+            for (problem, panel) in problems.iter().zip(panels.iter()) {
+                let rows: Vec<&&SdePoint> = fp.iter().filter(|p| &p.problem == problem).collect();
+                let exact = |t: f64| {
+                    rows.iter()
+                        .find(|p| p.t == Some(t) && p.solver == "exact")
+                        .and_then(|p| p.nll)
+                };
+                let mut bars = Vec::new();
+                for (i, name) in ["sde", "ode"].iter().enumerate() {
+                    for p in rows.iter().filter(|p| &p.solver == name) {
+                        if let (Some(t), Some(e), Some(x)) = (p.t, p.nll, exact(p.t.unwrap_or(0.0)))
+                        {
+                            let se = (e.se * e.se + x.se * x.se).sqrt();
+                            bars.push((i, t, e.value - x.value, 2.0 * se));
+                        }
+                    }
+                }
+                let yr = bars.iter().fold(0.01f64, |m, b| m.max(b.2.abs() + b.3)) * 1.2;
+                let ts: Vec<f64> = bars.iter().map(|b| b.1).collect();
+                let xr = 0.0..ts.iter().fold(0.0f64, |m, &t| m.max(t)) * 1.15;
+                let mut chart = ChartBuilder::on(panel)
+                    .caption(format!("{problem}: Fokker-Planck"), ("sans-serif", 16))
+                    .margin(8)
+                    .x_label_area_size(32)
+                    .y_label_area_size(56)
+                    .build_cartesian_2d(xr.clone(), -yr..yr)
+                    .map_err(err)?;
+                chart
+                    .configure_mesh()
+                    .x_desc("t")
+                    .y_desc("NLL under p_t - NLL of exact samples")
+                    .x_label_formatter(&|v| format!("{v:.2}"))
+                    .label_style(("sans-serif", 11))
+                    .draw()
+                    .map_err(err)?;
+                for (i, name) in ["reverse SDE (Euler-Maruyama)", "PF-ODE (DPM-Solver++ 3)"]
+                    .iter()
+                    .enumerate()
+                {
+                    let c = color(i);
+                    let shift = if i == 0 { -0.006 } else { 0.006 };
+                    let mine: Vec<_> = bars.iter().filter(|b| b.0 == i).collect();
+                    chart
+                        .draw_series(mine.iter().map(|b| {
+                            ErrorBar::new_vertical(
+                                b.1 + shift,
+                                b.2 - b.3,
+                                b.2,
+                                b.2 + b.3,
+                                c.filled(),
+                                6,
+                            )
+                        }))
+                        .map_err(err)?
+                        .label(*name)
+                        .legend(move |(x, y)| Circle::new((x + 8, y), 3, c.filled()));
+                }
+                chart
+                    .draw_series(LineSeries::new(
+                        vec![(xr.start, 0.0), (xr.end, 0.0)],
+                        BLACK.mix(0.4),
+                    ))
+                    .map_err(err)?;
+                legend(&mut chart, SeriesLabelPosition::UpperRight)?;
             }
         });
     }

@@ -9,11 +9,13 @@
 //! - `ot_gap`: per problem and schedule, the flow's coupling cost, the optimal assignment cost,
 //!   their relative gap, the closed-form W2^2 and the exact flow's coupling cost (single
 //!   Gaussians), straightness and path-length excess.
+//! - `sde`: per problem, strong and weak orders and errors of stochastic samplers and ODE solvers.
 //!
 //! Each table starts with a comment naming the command, seed and git revision that made the data.
 
 use super::convergence::Convergence;
 use super::ot_gap::OtGap;
+use super::sde::{Point as SdePoint, Sde};
 use super::{group_by, Doc, Provenance};
 
 /// The table columns: target NFEs.
@@ -225,4 +227,71 @@ pub fn latex(tables: &[Table], p: &Provenance) -> String {
         s += "\\bottomrule\n\\end{tabular}\n\\end{table}\n";
     }
     s
+}
+
+/// The NFE columns of the `sde` tables.
+pub const SDE_NFE: [usize; 3] = [16, 64, 256];
+
+/// The `sde` tables: per problem, the strong and weak orders (vs NFE, 95% intervals) of every
+/// solver, and the strong and weak (second-moment) errors at NFE 16, 64 and 256, stochastic
+/// samplers and ODE solvers side by side; the smallest error of each column in bold.
+pub fn sde(doc: &Doc<Sde>) -> Vec<Table> {
+    let mut tables = Vec::new();
+    let order = |o: Option<crate::metrics::OrderFit>| {
+        o.map(|o| format!("{:.2} ± {:.2}", o.order, o.ci95))
+            .unwrap_or_default()
+    };
+    let errors: Vec<&SdePoint> = doc.points.iter().filter(|p| p.t.is_none()).collect();
+    for (problem, pts) in group_by(&errors, |p| p.problem.clone()) {
+        let mut header = vec!["solver".to_string(), "kind".into()];
+        header
+            .extend(["strong order", "weak order (mean)", "weak order (x x^T)"].map(String::from));
+        header.extend(SDE_NFE.iter().map(|n| format!("strong, NFE {n}")));
+        header.extend(SDE_NFE.iter().map(|n| format!("weak, NFE {n}")));
+        let mut rows = Vec::new();
+        let mut values: Vec<Vec<Option<f64>>> = Vec::new();
+        for (solver, rows_s) in group_by(&pts, |p| p.solver.clone()) {
+            let fit = doc
+                .summary
+                .fits
+                .iter()
+                .find(|f| f.problem == problem && f.solver == solver);
+            let at = |n: usize, f: fn(&SdePoint) -> Option<f64>| {
+                rows_s.iter().find(|p| p.nfe == n).and_then(|p| f(p))
+            };
+            let mut v: Vec<Option<f64>> = SDE_NFE
+                .iter()
+                .map(|&n| at(n, |p| p.strong.map(|e| e.value)))
+                .collect();
+            v.extend(
+                SDE_NFE
+                    .iter()
+                    .map(|&n| at(n, |p| p.weak_second.map(|e| e.value))),
+            );
+            let mut row = vec![
+                solver.clone(),
+                if rows_s[0].stochastic { "SDE" } else { "ODE" }.into(),
+                order(fit.and_then(|f| f.strong)),
+                order(fit.and_then(|f| f.weak_mean)),
+                order(fit.and_then(|f| f.weak_second)),
+            ];
+            row.extend(v.iter().map(|x| x.map(sci).unwrap_or_default()));
+            rows.push(row);
+            values.push(v);
+        }
+        let mut bold = vec![vec![false; header.len()]; rows.len()];
+        for c in 0..2 * SDE_NFE.len() {
+            let col: Vec<Option<f64>> = values.iter().map(|v| v[c]).collect();
+            if let Some(i) = argbest(&col) {
+                bold[i][5 + c] = true;
+            }
+        }
+        tables.push(Table {
+            title: format!("{problem}: stochastic samplers and ODE solvers (strong error vs a 16x finer grid on the same Brownian path; weak error of E x x^T)"),
+            header,
+            rows,
+            bold,
+        });
+    }
+    tables
 }
