@@ -45,6 +45,9 @@ struct Args {
     out: PathBuf,
     #[arg(long)]
     record: Option<PathBuf>,
+    /// The seed of the Brownian paths of stochastic samplers (one path per row of --init).
+    #[arg(long, default_value_t = 0)]
+    noise_seed: u64,
 }
 
 fn solver_list() -> String {
@@ -62,7 +65,7 @@ fn run(args: &Args) -> Result<()> {
     let env = Env {
         schedule: schedule.as_ref(),
         mixture: Some(&mixture),
-        noise_seed: 0,
+        noise_seed: args.noise_seed,
     };
     let mut built = solver::build(&args.solver, &env)?;
     let x0 = io::read_npy(&args.init)?;
@@ -93,6 +96,7 @@ fn run(args: &Args) -> Result<()> {
             "grid": grid.spec(),
             "times": grid.times,
             "solver": built.spec,
+            "noise_seed": args.noise_seed,
             "solver_name": built.spec.split(':').next().unwrap_or(""),
             "options": options,
             "order": built.solver.order(),

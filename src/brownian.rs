@@ -165,19 +165,6 @@ impl Walk {
     }
 
     /// out = the bridge value at the split m of [a, c] given W_a and W_c.
-    fn bridge(
-        &self,
-        a: usize,
-        m: usize,
-        c: usize,
-        wa: &Array2<f64>,
-        wc: &Array2<f64>,
-    ) -> Array2<f64> {
-        let mut out = Array2::zeros((self.rows, self.d));
-        self.bridge_into(a, m, c, wa, wc, &mut out);
-        out
-    }
-
     fn bridge_into(
         &self,
         a: usize,
@@ -254,7 +241,8 @@ impl Walk {
                 return wc;
             }
             let m = self.split(a, c);
-            let wm = self.bridge(a, m, c, &wa, &wc);
+            let mut wm = Array2::zeros((self.rows, self.d));
+            self.bridge_into(a, m, c, &wa, &wc, &mut wm);
             if j < m {
                 (c, wc) = (m, wm);
             } else {
