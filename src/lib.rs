@@ -19,6 +19,7 @@ pub mod gmm;
 pub mod grid;
 pub mod io;
 pub mod metrics;
+pub mod nn;
 pub mod oracle;
 pub mod prediction;
 pub mod problems;

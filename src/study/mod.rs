@@ -475,12 +475,4 @@ pub fn exit_on_error(result: Result<()>) {
     }
 }
 
-/// A stable 64-bit hash (FNV-1a) of a key, to derive per-unit seeds independent of order.
-pub fn seed_for(seed: u64, key: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325 ^ seed;
-    for b in key.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
+pub use crate::rng::seed_for;

@@ -1,0 +1,322 @@
+//! A neural-network oracle: a multilayer perceptron F(x, t) that predicts any prediction type,
+//! trained in pfode ([`train`]) or loaded from a safetensors file written elsewhere ([`weights`]).
+//!
+//! The network, with L = `depth` hidden layers of `width` units:
+//!
+//! h_0 = [x, e(s)],  h_l = SiLU(W_l h_{l-1} + b_l) (l = 1..L),  F = W_{L+1} h_L + b_{L+1},
+//!
+//! SiLU(z) = z sigmoid(z). The time embedding e(s) has `time_features` = 2m sinusoidal features
+//! of s = t (`time_input = t`) or s = ln sigma_t (`time_input = log-sigma`, sigma floored at
+//! 1e-6 so that sigma = 0 stays finite):
+//!
+//! e(s) = [sin(omega_0 s), ..., sin(omega_{m-1} s), cos(omega_0 s), ..., cos(omega_{m-1} s)],
+//! omega_k = omega_max^(k / (m - 1))  (geometric from 1 to `omega_max`; omega_0 = 1 when m = 1).
+//!
+//! The output is the configured [`Prediction`] (eps, x0, v, velocity or score); x enters as it
+//! is, without preconditioning, which suits VP and flow schedules where x_t stays at the data's
+//! scale. CPU inference is batched: each block of [`crate::oracle::CHUNK_ROWS`] rows is a chain of matrix
+//! products (`matrixmultiply` through ndarray), the blocks run in parallel under rayon, and
+//! which rows are computed together never depends on the thread count (bit-identical results).
+
+pub mod train;
+pub mod weights;
+
+use crate::error::{Error, Result};
+use crate::oracle::{check_batch, par_rows, Oracle};
+use crate::prediction::Prediction;
+use crate::schedule::NoiseLevel;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
+use std::fmt;
+use std::str::FromStr;
+
+/// What the time embedding is a function of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeInput {
+    /// The schedule time t.
+    T,
+    /// ln sigma_t (sigma floored at [`SIGMA_FLOOR`]).
+    LogSigma,
+}
+
+/// The floor on sigma in the `log-sigma` embedding.
+pub const SIGMA_FLOOR: f64 = 1e-6;
+
+impl TimeInput {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeInput::T => "t",
+            TimeInput::LogSigma => "log-sigma",
+        }
+    }
+
+    /// The scalar s the embedding is taken of.
+    pub fn of(self, at: &NoiseLevel) -> f64 {
+        match self {
+            TimeInput::T => at.t,
+            TimeInput::LogSigma => at.sigma.max(SIGMA_FLOOR).ln(),
+        }
+    }
+}
+
+impl fmt::Display for TimeInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TimeInput {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "t" => Ok(TimeInput::T),
+            "log-sigma" => Ok(TimeInput::LogSigma),
+            _ => Err(Error::Domain(format!(
+                "unknown time input '{s}' (valid: t, log-sigma)"
+            ))),
+        }
+    }
+}
+
+/// The architecture of an [`Mlp`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpConfig {
+    /// The data dimension d (input and output width).
+    pub dim: usize,
+    pub width: usize,
+    /// The number of hidden layers L (>= 1).
+    pub depth: usize,
+    pub time_input: TimeInput,
+    /// 2m, the number of embedding features (even, >= 2).
+    pub time_features: usize,
+    pub omega_max: f64,
+    /// What the network outputs.
+    pub prediction: Prediction,
+}
+
+impl MlpConfig {
+    /// Checks the numbers; `source` names where they came from in the error.
+    pub fn validate(&self, source: &str) -> Result<()> {
+        let bad =
+            |field: &str, reason: String| Err(Error::invalid(source, Some(field.into()), reason));
+        if self.dim == 0 {
+            return bad("dim", "must be >= 1".into());
+        }
+        if self.width == 0 {
+            return bad("width", "must be >= 1".into());
+        }
+        if self.depth == 0 {
+            return bad("depth", "must be >= 1".into());
+        }
+        if self.time_features < 2 || self.time_features % 2 != 0 {
+            return bad(
+                "time_features",
+                format!("must be even and >= 2, got {}", self.time_features),
+            );
+        }
+        if !(self.omega_max.is_finite() && self.omega_max >= 1.0) {
+            return bad(
+                "omega_max",
+                format!("must be finite and >= 1, got {}", self.omega_max),
+            );
+        }
+        Ok(())
+    }
+
+    /// The width of h_0.
+    pub fn input_width(&self) -> usize {
+        self.dim + self.time_features
+    }
+
+    /// (fan_out, fan_in) of each linear layer, input to output.
+    pub fn shapes(&self) -> Vec<(usize, usize)> {
+        let mut shapes = vec![(self.width, self.input_width())];
+        shapes.extend((1..self.depth).map(|_| (self.width, self.width)));
+        shapes.push((self.dim, self.width));
+        shapes
+    }
+
+    /// The total number of parameters.
+    pub fn n_params(&self) -> usize {
+        self.shapes().iter().map(|&(o, i)| o * i + o).sum()
+    }
+
+    /// omega_k, k = 0..m-1.
+    pub fn omegas(&self) -> Vec<f64> {
+        let m = self.time_features / 2;
+        (0..m)
+            .map(|k| {
+                if m == 1 {
+                    1.0
+                } else {
+                    self.omega_max.powf(k as f64 / (m - 1) as f64)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Where each layer's weight and bias sit in the flat parameter vector.
+#[derive(Debug, Clone, Copy)]
+pub struct Layer {
+    pub fan_out: usize,
+    pub fan_in: usize,
+    pub w: usize,
+    pub b: usize,
+}
+
+/// The multilayer perceptron. Parameters live in one flat vector (layer by layer: W_l row-major
+/// (fan_out x fan_in), then b_l), which the optimizer updates in one loop.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub config: MlpConfig,
+    pub params: Vec<f64>,
+    pub layers: Vec<Layer>,
+    omegas: Vec<f64>,
+}
+
+impl Mlp {
+    /// A network with all parameters zero.
+    pub fn zeros(config: MlpConfig) -> Result<Self> {
+        config.validate("network config")?;
+        let mut layers = Vec::new();
+        let mut offset = 0;
+        for (fan_out, fan_in) in config.shapes() {
+            layers.push(Layer {
+                fan_out,
+                fan_in,
+                w: offset,
+                b: offset + fan_out * fan_in,
+            });
+            offset += fan_out * fan_in + fan_out;
+        }
+        let omegas = config.omegas();
+        Ok(Mlp {
+            params: vec![0.0; offset],
+            config,
+            layers,
+            omegas,
+        })
+    }
+
+    /// PyTorch's default `nn.Linear` initialization, seeded: every W_l and b_l entry uniform on
+    /// [-1/sqrt(fan_in), 1/sqrt(fan_in)]; entry j of layer l from stream (seed, l) of
+    /// [`crate::rng::RowRng`].
+    pub fn init(config: MlpConfig, seed: u64) -> Result<Self> {
+        let mut net = Mlp::zeros(config)?;
+        for (l, layer) in net.layers.clone().iter().enumerate() {
+            let bound = 1.0 / (layer.fan_in as f64).sqrt();
+            let mut rng = crate::rng::RowRng::new(seed, 7, l as u64);
+            let n = layer.fan_out * layer.fan_in + layer.fan_out;
+            for p in &mut net.params[layer.w..layer.w + n] {
+                *p = bound * (2.0 * rng.uniform() - 1.0);
+            }
+        }
+        Ok(net)
+    }
+
+    pub fn weight(&self, l: usize) -> ArrayView2<'_, f64> {
+        let layer = self.layers[l];
+        ArrayView2::from_shape(
+            (layer.fan_out, layer.fan_in),
+            &self.params[layer.w..layer.b],
+        )
+        .expect("layer shape")
+    }
+
+    pub fn bias(&self, l: usize) -> ArrayView1<'_, f64> {
+        let layer = self.layers[l];
+        ArrayView1::from(&self.params[layer.b..layer.b + layer.fan_out])
+    }
+
+    /// Writes e(s) into `out` (length `time_features`).
+    pub fn embed(&self, s: f64, out: &mut [f64]) {
+        let m = self.omegas.len();
+        for (k, &omega) in self.omegas.iter().enumerate() {
+            let (sin, cos) = (omega * s).sin_cos();
+            out[k] = sin;
+            out[m + k] = cos;
+        }
+    }
+
+    /// h_0 = [x, e(s_i)] for rows with their own embedding scalars `s`.
+    pub fn input(&self, x: ArrayView2<f64>, s: &[f64]) -> Array2<f64> {
+        let d = self.config.dim;
+        let mut h = Array2::zeros((x.nrows(), self.config.input_width()));
+        h.slice_mut(s![.., ..d]).assign(&x);
+        for (mut row, &si) in h.outer_iter_mut().zip(s) {
+            self.embed(si, &mut row.as_slice_mut().expect("row")[d..]);
+        }
+        h
+    }
+
+    /// Forward pass of one block. With `keep`, every pre-activation z_l and activation h_l is
+    /// kept for back-propagation (`cache[0]` = h_0, then (z_l, h_l) pairs); the output is returned.
+    pub fn forward(&self, h0: Array2<f64>, mut keep: Option<&mut Vec<Array2<f64>>>) -> Array2<f64> {
+        let n = h0.nrows();
+        let mut h = h0;
+        let last = self.layers.len() - 1;
+        for l in 0..=last {
+            let mut z = Array2::zeros((n, self.layers[l].fan_out));
+            z.assign(
+                &self
+                    .bias(l)
+                    .broadcast((n, self.layers[l].fan_out))
+                    .expect("bias"),
+            );
+            general_mat_mul(1.0, &h, &self.weight(l).t(), 1.0, &mut z);
+            if l == last {
+                if let Some(cache) = keep.as_deref_mut() {
+                    cache.push(h);
+                }
+                return z;
+            }
+            let a = z.mapv(silu);
+            if let Some(cache) = keep.as_deref_mut() {
+                cache.push(h);
+                cache.push(z);
+            }
+            h = a;
+        }
+        unreachable!()
+    }
+
+    /// F(x, s) for one noise level, into `out`, in parallel blocks of [`CHUNK_ROWS`] rows.
+    pub fn predict_into(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) {
+        let s = self.config.time_input.of(at);
+        par_rows(x, out, |x, mut out| {
+            let s = vec![s; x.nrows()];
+            out.assign(&self.forward(self.input(x, &s), None));
+        });
+    }
+}
+
+/// SiLU(z) = z / (1 + e^-z).
+pub fn silu(z: f64) -> f64 {
+    z / (1.0 + (-z).exp())
+}
+
+/// SiLU'(z) = sigmoid(z) (1 + z (1 - sigmoid(z))).
+pub fn silu_prime(z: f64) -> f64 {
+    let sig = 1.0 / (1.0 + (-z).exp());
+    sig * (1.0 + z * (1.0 - sig))
+}
+
+impl Oracle for Mlp {
+    fn dim(&self) -> usize {
+        self.config.dim
+    }
+    fn native(&self) -> Prediction {
+        self.config.prediction
+    }
+    fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
+        check_batch(self.config.dim, &x, &out)?;
+        self.predict_into(x, at, out);
+        Ok(())
+    }
+}
+
+/// Splits n rows into fixed blocks of `rows` (never thread-dependent).
+pub fn blocks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(n))
+}
