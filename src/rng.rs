@@ -47,6 +47,16 @@ pub fn standard_normal(n: usize, d: usize, seed: u64, domain: u32) -> Array2<f64
     z
 }
 
+/// A stable 64-bit hash (FNV-1a) of a key, to derive per-unit seeds independent of order.
+pub fn seed_for(seed: u64, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325 ^ seed;
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,14 +77,4 @@ mod tests {
         assert_ne!(standard_normal(5, 3, 7, 1), small);
         assert_ne!(standard_normal(5, 3, 8, 0), small);
     }
-}
-
-/// A stable 64-bit hash (FNV-1a) of a key, to derive per-unit seeds independent of order.
-pub fn seed_for(seed: u64, key: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325 ^ seed;
-    for b in key.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
 }

@@ -108,7 +108,7 @@ impl MlpConfig {
         if self.depth == 0 {
             return bad("depth", "must be >= 1".into());
         }
-        if self.time_features < 2 || self.time_features % 2 != 0 {
+        if self.time_features < 2 || !self.time_features.is_multiple_of(2) {
             return bad(
                 "time_features",
                 format!("must be even and >= 2, got {}", self.time_features),

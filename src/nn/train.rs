@@ -325,7 +325,7 @@ pub fn train(
     }
     schedule.check_t(config.t_min)?;
     schedule.check_t(config.t_max)?;
-    if !(config.t_min < config.t_max) {
+    if config.t_min >= config.t_max || config.t_min.is_nan() || config.t_max.is_nan() {
         return Err(Error::Domain(format!(
             "need t_min < t_max, got {} and {}",
             config.t_min, config.t_max
