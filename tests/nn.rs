@@ -171,7 +171,7 @@ fn gradient_matches_finite_differences() {
         let batch = Batch::draw(&mixture, vp.as_ref(), &train_config(1), 150, 9);
         let (_, grad) = train::loss_and_grad(&net, vp.as_ref(), &batch, true);
         let mut worst: f64 = 0.0;
-        for j in 0..net.params.len() {
+        for (j, &g) in grad.iter().enumerate() {
             let h = 1e-5 * (1.0 + net.params[j].abs());
             let loss_at = |delta: f64| {
                 let mut p = net.clone();
@@ -179,7 +179,7 @@ fn gradient_matches_finite_differences() {
                 train::loss_and_grad(&p, vp.as_ref(), &batch, false).0
             };
             let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h);
-            worst = worst.max((fd - grad[j]).abs() / (grad[j].abs() + 1e-3));
+            worst = worst.max((fd - g).abs() / (g.abs() + 1e-3));
         }
         println!("{prediction}: worst relative gradient error {worst:e}");
         assert!(
