@@ -3,14 +3,14 @@
 
 use clap::Parser;
 use pfode::study::convergence::{Convergence, METRICS};
-use pfode::study::{self, kind_of, ot_gap::OtGap, plot, sde::Sde};
+use pfode::study::{self, kind_of, learned::Learned, ot_gap::OtGap, plot, sde::Sde};
 use pfode::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "plot",
-    about = "Plot a results file (convergence: error vs NFE per solver with fitted orders, order bars; ot_gap: straightness and OT gap, trajectories over p_t)"
+    about = "Plot a results file (convergence: error vs NFE per solver with fitted orders, order bars; ot_gap: straightness and OT gap, trajectories over p_t; sde; learned_vs_exact; train: a training log's loss curve)"
 )]
 struct Args {
     results: PathBuf,
@@ -47,11 +47,24 @@ fn run(args: &Args) -> Result<()> {
             mkdir()?;
             plot::sde(&doc, &args.out_dir)?
         }
+        "learned_vs_exact" => {
+            let doc = study::read::<Learned>(&args.results)?;
+            mkdir()?;
+            plot::learned(&doc, &args.out_dir)?
+        }
+        "train" => {
+            let text = std::fs::read_to_string(&args.results).map_err(|e| Error::io(&args.results, e))?;
+            let log: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                Error::invalid(args.results.display().to_string(), None, format!("not JSON: {e}"))
+            })?;
+            mkdir()?;
+            plot::train_log(&log, &args.results, &args.out_dir)?
+        }
         other => {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
-                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde)"),
+                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, train)"),
             ))
         }
     };

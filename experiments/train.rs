@@ -46,7 +46,7 @@ struct Args {
     time_features: usize,
     #[arg(long, default_value_t = 30.0)]
     omega_max: f64,
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 20000)]
     steps: usize,
     #[arg(long, default_value_t = 256)]
     batch: usize,

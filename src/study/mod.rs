@@ -18,6 +18,7 @@
 //!   thread count, with or without sharding and resuming.
 
 pub mod convergence;
+pub mod learned;
 pub mod ot_gap;
 pub mod plot;
 pub mod sde;

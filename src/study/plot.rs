@@ -10,9 +10,17 @@
 //! - `sde`: per problem, strong error and weak error vs NFE for the stochastic samplers (solid)
 //!   and the ODE solvers (dashed), and the Fokker-Planck panel.
 //!
+//! - `learned_vs_exact`: per network, the prediction errors (x0, eps, relative velocity) along
+//!   exact PF-ODE trajectories vs t; and per solver the discretization error with the exact
+//!   oracle (dashed) and the network's total error (solid) vs NFE, with the network error of the
+//!   sampling map as a black line.
+//! - `train` (a training log): training and validation loss vs step, and the exact oracle's
+//!   validation loss (the floor).
+//!
 //! Every figure carries a footer with the git revision, command and seed of the results file.
 
 use super::convergence::{Convergence, Point as ConvPoint, METRICS};
+use super::learned::Learned;
 use super::ot_gap::OtGap;
 use super::sde::{Fit as SdeFit, Point as SdePoint, Sde};
 use super::{group_by, Doc, Provenance};
@@ -603,8 +611,20 @@ type Series = (String, Vec<(f64, f64)>, bool);
 fn series_panel<DB: DrawingBackend>(
     area: &Area<DB>,
     title: &str,
-    y_desc: &str,
+    (x_desc, y_desc): (&str, &str),
     series: &[Series],
+) -> Result<()> {
+    let colors: Vec<RGBColor> = (0..series.len()).map(color).collect();
+    colored_panel(area, title, (x_desc, y_desc), series, &colors)
+}
+
+/// [`series_panel`] with a given color per series.
+fn colored_panel<DB: DrawingBackend>(
+    area: &Area<DB>,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[Series],
+    colors: &[RGBColor],
 ) -> Result<()> {
     let xr = log_range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)));
     let yr = log_range(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)));
@@ -617,14 +637,14 @@ fn series_panel<DB: DrawingBackend>(
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("NFE")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .label_style(("sans-serif", 11))
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()
         .map_err(err)?;
     for (i, (label, pts, dashed)) in series.iter().enumerate() {
-        let c = color(i);
+        let c = colors[i];
         let style = c.stroke_width(2);
         let drawn = if *dashed {
             chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))
@@ -692,7 +712,12 @@ pub fn sde(doc: &Doc<Sde>, dir: &Path) -> Result<Vec<PathBuf>> {
                         (label, pts, !stochastic)
                     })
                     .collect();
-                series_panel(panel, &format!("{problem}: {y_desc}"), y_desc, &series)?;
+                series_panel(
+                    panel,
+                    &format!("{problem}: {y_desc}"),
+                    ("NFE", y_desc),
+                    &series,
+                )?;
             }
         });
     }
@@ -771,5 +796,144 @@ pub fn sde(doc: &Doc<Sde>, dir: &Path) -> Result<Vec<PathBuf>> {
             }
         });
     }
+    Ok(out)
+}
+
+/// The `learned_vs_exact` study (see the module doc).
+pub fn learned(doc: &Doc<Learned>, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    for g in &doc.groups {
+        let rows: Vec<_> = doc.points.iter().filter(|p| p.net == g.key).collect();
+        let traj: Vec<_> = rows.iter().filter(|p| p.t.is_some()).collect();
+        type Pred = (&'static str, fn(&super::learned::Point) -> Option<f64>);
+        let preds: [Pred; 3] = [
+            ("x0 prediction", |p| p.x0_error),
+            ("eps prediction", |p| p.eps_error),
+            ("velocity (relative)", |p| p.velocity_rel_error),
+        ];
+        let a: Vec<Series> = preds
+            .iter()
+            .map(|(name, f)| {
+                let pts = traj
+                    .iter()
+                    .filter_map(|p| Some((p.t?, f(p)?)))
+                    .filter(|&(t, v)| t > 0.0 && v > 0.0)
+                    .collect();
+                (name.to_string(), pts, false)
+            })
+            .collect();
+        let solvers = unique(
+            rows.iter()
+                .filter(|p| p.t.is_none())
+                .map(|p| p.solver.clone()),
+        );
+        let mut b: Vec<Series> = Vec::new();
+        let mut nfe_range = (f64::INFINITY, 0.0f64);
+        for s in &solvers {
+            let mine: Vec<_> = rows.iter().filter(|p| &p.solver == s).collect();
+            for p in &mine {
+                nfe_range = (nfe_range.0.min(p.nfe as f64), nfe_range.1.max(p.nfe as f64));
+            }
+            let line = |f: fn(&super::learned::Point) -> Option<f64>| -> Vec<(f64, f64)> {
+                mine.iter()
+                    .filter_map(|p| Some((p.nfe as f64, f(p)?)))
+                    .filter(|&(_, v)| v > 0.0)
+                    .collect()
+            };
+            b.push((format!("{s}: network"), line(|p| p.total_net), false));
+            b.push((format!("{s}: exact oracle"), line(|p| p.disc_exact), true));
+        }
+        let name = g
+            .key
+            .rsplit('/')
+            .next()
+            .unwrap_or(&g.key)
+            .trim_end_matches(".safetensors");
+        let stem = dir.join(format!("learned_vs_exact_{name}"));
+        render!(&stem, (1240, 560 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((1, 2));
+            series_panel(
+                &panels[0],
+                &format!("{}: network minus exact along PF-ODE paths", g.problem),
+                ("t", "RMS prediction error"),
+                &a,
+            )?;
+            let mut paired = b.clone();
+            let mut colors: Vec<RGBColor> = (0..b.len()).map(|i| color(i / 2)).collect();
+            colors.push(BLACK);
+            paired.push((
+                format!("network error {:.2e}", g.net_error),
+                vec![(nfe_range.0, g.net_error), (nfe_range.1, g.net_error)],
+                false,
+            ));
+            colored_panel(
+                &panels[1],
+                &format!(
+                    "{}: sampling error vs NFE (solid: network, dashed: exact oracle)",
+                    g.problem
+                ),
+                ("NFE", "RMS |x - x_ref(exact oracle)|"),
+                &paired,
+                &colors,
+            )?;
+        });
+    }
+    Ok(out)
+}
+
+/// A training log written by the `train` binary (see the module doc).
+pub fn train_log(log: &serde_json::Value, source: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let bad = |field: &str| {
+        Error::invalid(
+            source.display().to_string(),
+            Some(field.into()),
+            "missing or malformed",
+        )
+    };
+    let provenance: Provenance =
+        serde_json::from_value(log["provenance"].clone()).map_err(|_| bad("provenance"))?;
+    let entries = log["log"].as_array().ok_or_else(|| bad("log"))?;
+    let series_of = |key: &str| -> Result<Vec<(f64, f64)>> {
+        entries
+            .iter()
+            .map(|e| Some((e["step"].as_f64()?, e[key].as_f64()?)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad(&format!("log[].{key}")))
+    };
+    let floor = log["exact_val_loss"]
+        .as_f64()
+        .ok_or_else(|| bad("exact_val_loss"))?;
+    let train = series_of("loss")?;
+    let steps = (
+        train.first().map_or(1.0, |p| p.0),
+        train.last().map_or(1.0, |p| p.0),
+    );
+    let series: Vec<Series> = vec![
+        ("training loss (window mean)".into(), train, false),
+        ("validation loss".into(), series_of("val_loss")?, false),
+        (
+            format!("exact oracle (floor) {floor:.4}"),
+            vec![(steps.0, floor), (steps.1, floor)],
+            true,
+        ),
+    ];
+    let problem = log["problem"].as_str().unwrap_or("network");
+    let stem = dir.join(format!("train_{problem}"));
+    let mut out = Vec::new();
+    render!(&stem, (720, 480 + 18), out, |root| {
+        let main = footer(&root, &provenance)?;
+        series_panel(
+            &main,
+            &format!(
+                "{problem}: denoising loss ({} prediction)",
+                log["network"]["prediction"].as_str().unwrap_or("?")
+            ),
+            ("step", "loss"),
+            &series,
+        )?;
+    });
     Ok(out)
 }
