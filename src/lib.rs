@@ -5,6 +5,8 @@
 //! experiments.
 
 pub mod brownian;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod schedule;
 pub mod spec;
