@@ -32,12 +32,16 @@ fn run(args: &Args) -> Result<()> {
             let doc = study::read::<Sde>(&args.results)?;
             (table::sde(&doc), doc.provenance)
         }
+        "learned_vs_exact" => {
+            let doc = study::read::<pfode::study::learned::Learned>(&args.results)?;
+            (table::learned(&doc), doc.provenance)
+        }
         other => {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
                 format!(
-                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde)"
+                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact)"
                 ),
             ))
         }

@@ -295,3 +295,86 @@ pub fn sde(doc: &Doc<Sde>) -> Vec<Table> {
     }
     tables
 }
+
+/// The `learned_vs_exact` study: per network its error split, and per solver the crossover NFE
+/// and the errors at a few NFE.
+pub fn learned(doc: &Doc<super::learned::Learned>) -> Vec<Table> {
+    let mut tables = Vec::new();
+    let rows: Vec<Vec<String>> = doc
+        .groups
+        .iter()
+        .map(|g| {
+            let n = &g.network;
+            let get = |k: &str| n.get(k).cloned().unwrap_or_default();
+            vec![
+                g.problem.clone(),
+                format!(
+                    "{} x {} {}, {}",
+                    get("depth"),
+                    get("width"),
+                    get("prediction"),
+                    get("time_input")
+                ),
+                sci(g.net_error),
+                sci(g.net_error_median),
+                format!("{:.3} ± {:.3}", g.nll_ref_exact.value, g.nll_ref_exact.se),
+                format!("{:.3} ± {:.3}", g.nll_ref_net.value, g.nll_ref_net.se),
+                format!("{:.3} ± {:.3}", g.entropy.value, g.entropy.se),
+            ]
+        })
+        .collect();
+    tables.push(Table {
+        title: "Network error of the PF-ODE map (reference solutions, network vs exact oracle)"
+            .into(),
+        header: [
+            "problem",
+            "network (depth x width, prediction, time input)",
+            "RMS dist(x_N, x_E)",
+            "median dist(x_N, x_E)",
+            "NLL of x_E",
+            "NLL of x_N",
+            "entropy of p_t_end",
+        ]
+        .map(String::from)
+        .to_vec(),
+        bold: vec![vec![false; 7]; rows.len()],
+        rows,
+    });
+    const AT: [usize; 3] = [10, 20, 50];
+    for g in &doc.groups {
+        let mut header = vec![
+            "solver".to_string(),
+            "crossover NFE (exact oracle)".into(),
+            "crossover NFE (network)".into(),
+        ];
+        header.extend(AT.iter().map(|n| format!("disc. error (exact), NFE {n}")));
+        header.extend(AT.iter().map(|n| format!("total error (network), NFE {n}")));
+        let mut rows = Vec::new();
+        for c in doc.summary.crossovers.iter().filter(|c| c.net == g.key) {
+            let at = |n: usize, f: fn(&super::learned::Point) -> Option<f64>| {
+                doc.points
+                    .iter()
+                    .find(|p| p.net == g.key && p.solver == c.solver && p.nfe == n)
+                    .and_then(f)
+                    .map(sci)
+                    .unwrap_or_default()
+            };
+            let nfe = |v: Option<usize>| v.map(|n| n.to_string()).unwrap_or_else(|| "never".into());
+            let mut row = vec![c.solver.clone(), nfe(c.nfe_exact), nfe(c.nfe_net)];
+            row.extend(AT.iter().map(|&n| at(n, |p| p.disc_exact)));
+            row.extend(AT.iter().map(|&n| at(n, |p| p.total_net)));
+            rows.push(row);
+        }
+        tables.push(Table {
+            title: format!(
+                "{}: from which NFE discretization error stays below the network error {}",
+                g.problem,
+                sci(g.net_error)
+            ),
+            bold: vec![vec![false; header.len()]; rows.len()],
+            header,
+            rows,
+        });
+    }
+    tables
+}
