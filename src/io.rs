@@ -26,7 +26,8 @@ pub fn write_atomic(path: impl AsRef<Path>, contents: &[u8]) -> Result<()> {
 }
 
 /// The git revision of the working tree (suffixed `-dirty` when tracked files have uncommitted
-/// changes), or `unknown` outside a repository. Read once per process, so that a run which
+/// changes); outside a repository, the value of `PFODE_GIT_REVISION` (for a copy of the tree run
+/// on another machine) or `unknown`. Read once per process, so that a run which
 /// rewrites tracked result files records the revision it started from.
 pub fn git_revision() -> String {
     static REVISION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -47,7 +48,7 @@ fn read_git_revision() -> String {
             Some(s) if !s.is_empty() => format!("{rev}-dirty"),
             _ => rev,
         },
-        None => "unknown".into(),
+        None => std::env::var("PFODE_GIT_REVISION").unwrap_or_else(|_| "unknown".into()),
     }
 }
 
