@@ -8,9 +8,12 @@
 //! library, a missing device or a failed compile as one error. [`Gpu::detect`] is the fall-back
 //! helper: the GPU if usable, otherwise `None` and one line on stderr saying why the CPU is used.
 //!
-//! A batch is converted to the device precision, copied to the device, evaluated, and copied
-//! back into the f64 output. The GEMM in row-major terms: Z (n x out) = H (n x in) W^T with W
-//! (out x in) row-major, i.e. column-major Z^T = W H^T: `gemm(T, N, m = out, n, k = in)`.
+//! A batch is converted to the device precision in a page-locked staging buffer (in parallel),
+//! copied to the device, evaluated, and copied back into the f64 output; staging and device
+//! buffers are kept and grown on demand, so repeated calls allocate nothing. A GEMM is written in
+//! cuBLAS's column-major terms: a row-major p x q matrix is a column-major q x p one, so the
+//! row-major Z (n x out) = H (n x in) W^T with W (out x in) is Z^T = W H^T:
+//! `gemm(T, N, m = out, n, k = in)`.
 
 use crate::error::{Error, Result};
 use crate::gmm::GaussianMixture;
@@ -20,10 +23,11 @@ use crate::prediction::Prediction;
 use crate::schedule::NoiseLevel;
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// The kernel sources.
@@ -58,6 +62,7 @@ fn gpu_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// A device with the compiled kernels and a cuBLAS handle.
 pub struct Gpu {
     pub name: String,
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     gmm: Arc<CudaModule>,
@@ -84,6 +89,7 @@ impl Gpu {
             name,
             gmm: compile("gmm.cu", GMM_SOURCE)?,
             mlp: compile("mlp.cu", MLP_SOURCE)?,
+            ctx,
             stream,
             blas,
         }))
@@ -111,15 +117,6 @@ impl Gpu {
         self.stream
             .clone_htod(&host)
             .map_err(|e| gpu_err("copy to device", e))
-    }
-
-    fn download<T: Real>(&self, v: &CudaSlice<T>, out: &mut ArrayViewMut2<f64>) -> Result<()> {
-        let host = self
-            .stream
-            .clone_dtoh(v)
-            .map_err(|e| gpu_err("copy to host", e))?;
-        out.iter_mut().zip(host).for_each(|(o, h)| *o = h.to_f64());
-        Ok(())
     }
 }
 
@@ -154,55 +151,210 @@ fn grid(n: usize) -> LaunchConfig {
     LaunchConfig::for_num_elems(n as u32)
 }
 
-fn rows(x: &ArrayView2<f64>) -> Vec<f64> {
-    x.iter().copied().collect()
+/// Buffers kept across calls and grown on demand: a page-locked host staging buffer and `N`
+/// device buffers, so that a call allocates nothing once the batch size has been seen.
+struct Scratch<T: Real, const N: usize> {
+    host: Option<PinnedHostSlice<T>>,
+    dev: [Option<CudaSlice<T>>; N],
 }
 
-/// The exact mixture on the GPU (one thread per row, `kernels/gmm.cu`); every prediction type is
-/// computed directly as a x0_hat + b score.
+impl<T: Real, const N: usize> Scratch<T, N> {
+    fn new() -> Self {
+        Scratch {
+            host: None,
+            dev: std::array::from_fn(|_| None),
+        }
+    }
+
+    /// At least `host_len` staging entries and `lens[i]` entries in device buffer i.
+    #[allow(clippy::type_complexity)]
+    fn ensure(
+        &mut self,
+        gpu: &Gpu,
+        host_len: usize,
+        lens: [usize; N],
+    ) -> Result<(&mut [T], [&mut CudaSlice<T>; N])> {
+        if self.host.as_ref().is_none_or(|h| h.len() < host_len) {
+            self.host = None;
+            // SAFETY: page-locked memory of plain numbers; every entry read was written first
+            // (upload converts into it, download copies into it before the host reads).
+            let host = unsafe { gpu.ctx.alloc_pinned_with_flags::<T>(host_len.max(1), 0) }
+                .map_err(|e| gpu_err("pinned alloc", e))?;
+            self.host = Some(host);
+        }
+        for (slot, len) in self.dev.iter_mut().zip(lens) {
+            if slot.as_ref().is_none_or(|s| s.len() < len) {
+                *slot = None;
+                let buf = gpu
+                    .stream
+                    .alloc_zeros::<T>(len.max(1))
+                    .map_err(|e| gpu_err("alloc", e))?;
+                *slot = Some(buf);
+            }
+        }
+        let host = self
+            .host
+            .as_mut()
+            .expect("allocated above")
+            .as_mut_slice()
+            .map_err(|e| gpu_err("pinned buffer", e))?;
+        Ok((
+            host,
+            self.dev
+                .each_mut()
+                .map(|s| s.as_mut().expect("allocated above")),
+        ))
+    }
+}
+
+const PAR_CHUNK: usize = 1 << 14;
+
+impl Gpu {
+    /// x (f64, any layout) into the first x.len() entries of `dst`, through the staging buffer.
+    fn upload_rows<T: Real>(
+        &self,
+        x: &ArrayView2<f64>,
+        host: &mut [T],
+        dst: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let x = x.as_standard_layout();
+        let src = x.as_slice().expect("standard layout");
+        let host = &mut host[..src.len()];
+        host.par_chunks_mut(PAR_CHUNK)
+            .zip(src.par_chunks(PAR_CHUNK))
+            .for_each(|(h, s)| h.iter_mut().zip(s).for_each(|(h, &v)| *h = T::from_f64(v)));
+        self.stream
+            .memcpy_htod(host, &mut dst.slice_mut(..src.len()))
+            .map_err(|e| gpu_err("copy to device", e))
+    }
+
+    /// The first out.len() entries of `src` into `out`, through the staging buffer.
+    fn download_rows<T: Real>(
+        &self,
+        src: &CudaSlice<T>,
+        host: &mut [T],
+        out: &mut ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        let host = &mut host[..out.len()];
+        self.stream
+            .memcpy_dtoh(&src.slice(..out.len()), host)
+            .map_err(|e| gpu_err("copy to host", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| gpu_err("synchronize", e))?;
+        match out.as_slice_mut() {
+            Some(o) => o
+                .par_chunks_mut(PAR_CHUNK)
+                .zip(host.par_chunks(PAR_CHUNK))
+                .for_each(|(o, h)| o.iter_mut().zip(h).for_each(|(o, h)| *o = h.to_f64())),
+            None => out
+                .iter_mut()
+                .zip(host.iter())
+                .for_each(|(o, h)| *o = h.to_f64()),
+        }
+        Ok(())
+    }
+
+    /// C = op(A) op(B) (+ beta C) in cuBLAS's column-major terms.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<T: Real>(
+        &self,
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f64,
+        (a, lda): (&CudaView<T>, usize),
+        (b, ldb): (&CudaView<T>, usize),
+        beta: f64,
+        (c, ldc): (&mut CudaViewMut<T>, usize),
+    ) -> Result<()>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        let op = |t| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(ta),
+            transb: op(tb),
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            alpha: T::from_f64(alpha),
+            lda: lda as i32,
+            ldb: ldb as i32,
+            beta: T::from_f64(beta),
+            ldc: ldc as i32,
+        };
+        // SAFETY: every caller passes views holding the lda x (k or m), ldb x (n or k) and
+        // ldc x n column-major entries that this configuration reads and writes.
+        unsafe { self.blas.gemm(cfg, a, b, c) }.map_err(|e| gpu_err("cuBLAS gemm", e))
+    }
+}
+
+/// Rows of mixture work per pass, so that the n x Kd intermediate stays near 2^24 entries.
+fn mixture_chunk(n: usize, kd: usize) -> usize {
+    ((1usize << 24) / kd).clamp(1, n.max(1))
+}
+
+/// The exact mixture on the GPU (`kernels/gmm.cu`): per pass of rows, Z = X [U_1 .. U_K]
+/// (GEMM), the component log-likelihoods and responsibilities (element-wise kernels), then
+/// out = G [U_1 .. U_K]^T + a R M (two GEMMs); every prediction type is a x0_hat + b score.
 pub struct GpuMixture<T: Real> {
     gpu: Arc<Gpu>,
     d: usize,
     k: usize,
-    mu: CudaSlice<T>,
-    u: CudaSlice<T>,
+    ucat: CudaSlice<T>,
+    mt: CudaSlice<T>,
+    means: CudaSlice<T>,
     lam: CudaSlice<T>,
     logw: CudaSlice<T>,
-    kernel: CudaFunction,
-    lock: Mutex<()>,
+    loglik: CudaFunction,
+    gain: CudaFunction,
+    scratch: Mutex<Scratch<T, 5>>,
 }
 
 impl<T: Real> GpuMixture<T> {
     pub fn new(gpu: Arc<Gpu>, mixture: &GaussianMixture) -> Result<Self> {
         let (d, k) = (mixture.dim(), mixture.n_components());
-        if d > 64 || k > 64 {
-            return Err(Error::Domain(format!(
-                "CUDA: the mixture kernel handles d <= 64 and K <= 64, got d = {d}, K = {k}"
-            )));
-        }
-        let (mut mu, mut u, mut lam, mut logw) = (vec![], vec![], vec![], vec![]);
+        let mut ucat = vec![0.0; d * k * d];
+        let (mut mt, mut means, mut lam, mut logw) = (vec![], vec![], vec![], vec![]);
         for c in 0..k {
-            let (vectors, values) = mixture.eigen(c);
-            mu.extend(mixture.mean(c).iter());
-            u.extend(vectors.iter());
-            lam.extend(values.iter());
+            let (u, l) = mixture.eigen(c);
+            let mu = mixture.mean(c);
+            for i in 0..d {
+                for j in 0..d {
+                    ucat[i * k * d + c * d + j] = u[[i, j]];
+                }
+            }
+            mt.extend(u.t().dot(&mu).iter());
+            means.extend(mu.iter());
+            lam.extend(l.iter());
             logw.push(mixture.weights()[c].ln());
         }
         Ok(GpuMixture {
-            mu: gpu.upload(&mu)?,
-            u: gpu.upload(&u)?,
+            ucat: gpu.upload(&ucat)?,
+            mt: gpu.upload(&mt)?,
+            means: gpu.upload(&means)?,
             lam: gpu.upload(&lam)?,
             logw: gpu.upload(&logw)?,
-            kernel: gpu.function(&gpu.gmm, &format!("gmm_{}", T::SUFFIX))?,
+            loglik: gpu.function(&gpu.gmm, &format!("gmm_loglik_{}", T::SUFFIX))?,
+            gain: gpu.function(&gpu.gmm, &format!("gmm_gain_{}", T::SUFFIX))?,
             gpu,
             d,
             k,
-            lock: Mutex::new(()),
+            scratch: Mutex::new(Scratch::new()),
         })
     }
 }
 
-impl<T: Real> Oracle for GpuMixture<T> {
+impl<T: Real> Oracle for GpuMixture<T>
+where
+    CudaBlas: Gemm<T>,
+{
     fn dim(&self) -> usize {
         self.d
     }
@@ -220,36 +372,83 @@ impl<T: Real> Oracle for GpuMixture<T> {
         mut out: ArrayViewMut2<f64>,
     ) -> Result<()> {
         check_batch(self.d, &x, &out)?;
-        let _guard = self.lock.lock().expect("lock");
+        let (d, k, n) = (self.d, self.k, x.nrows());
         let (a, b) = kind.coefficients(at);
-        let n = x.nrows();
+        let chunk = mixture_chunk(n, k * d);
+        let mut scratch = self.scratch.lock().expect("lock");
         let gpu = &self.gpu;
-        let xs = gpu.upload::<T>(&rows(&x))?;
-        let mut ys = gpu
-            .stream
-            .alloc_zeros::<T>(n * self.d)
-            .map_err(|e| gpu_err("alloc", e))?;
-        let (ni, di, ki) = (n as i32, self.d as i32, self.k as i32);
-        let [alpha, sigma, a, b] = [at.alpha, at.sigma, a, b].map(T::from_f64);
-        let mut launch = gpu.stream.launch_builder(&self.kernel);
-        launch
-            .arg(&xs)
-            .arg(&self.mu)
-            .arg(&self.u)
-            .arg(&self.lam)
-            .arg(&self.logw)
-            .arg(&ni)
-            .arg(&di)
-            .arg(&ki)
-            .arg(&alpha)
-            .arg(&sigma)
-            .arg(&a)
-            .arg(&b)
-            .arg(&mut ys);
-        // SAFETY: the argument list matches `gmm_{f32,f64}` in kernels/gmm.cu and every buffer
-        // holds the n x d, K x d, K x d x d entries the kernel reads and writes.
-        unsafe { launch.launch(grid(n)) }.map_err(|e| gpu_err("gmm kernel", e))?;
-        gpu.download(&ys, &mut out)
+        let (host, [xs, ys, z, logp, r]) = scratch.ensure(
+            gpu,
+            n * d,
+            [n * d, n * d, chunk * k * d, chunk * k, chunk * k],
+        )?;
+        gpu.upload_rows(&x, host, xs)?;
+        let [alpha, sigma, at_, bt_] = [at.alpha, at.sigma, a, b].map(T::from_f64);
+        let (di, ki) = (d as i32, k as i32);
+        for r0 in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - r0);
+            let ni = rows as i32;
+            let kd = k * d;
+            gpu.gemm(
+                (false, false),
+                (kd, rows, d),
+                1.0,
+                (&self.ucat.slice(..), kd),
+                (&xs.slice(r0 * d..(r0 + rows) * d), d),
+                0.0,
+                (&mut z.slice_mut(..rows * kd), kd),
+            )?;
+            let mut launch = gpu.stream.launch_builder(&self.loglik);
+            launch
+                .arg(&*z)
+                .arg(&self.mt)
+                .arg(&self.lam)
+                .arg(&self.logw)
+                .arg(&ni)
+                .arg(&di)
+                .arg(&ki)
+                .arg(&alpha)
+                .arg(&sigma)
+                .arg(&mut *logp);
+            // SAFETY: matches `gmm_loglik_{f32,f64}`; z holds rows x Kd, logp rows x K entries.
+            unsafe { launch.launch(grid(rows * k)) }.map_err(|e| gpu_err("gmm_loglik", e))?;
+            let mut launch = gpu.stream.launch_builder(&self.gain);
+            launch
+                .arg(&mut *z)
+                .arg(&self.mt)
+                .arg(&self.lam)
+                .arg(&*logp)
+                .arg(&ni)
+                .arg(&di)
+                .arg(&ki)
+                .arg(&alpha)
+                .arg(&sigma)
+                .arg(&at_)
+                .arg(&bt_)
+                .arg(&mut *r);
+            // SAFETY: matches `gmm_gain_{f32,f64}`; z holds rows x Kd, logp and r rows x K.
+            unsafe { launch.launch(grid(rows * k)) }.map_err(|e| gpu_err("gmm_gain", e))?;
+            let mut y = ys.slice_mut(r0 * d..(r0 + rows) * d);
+            gpu.gemm(
+                (true, false),
+                (d, rows, kd),
+                1.0,
+                (&self.ucat.slice(..), kd),
+                (&z.slice(..rows * kd), kd),
+                0.0,
+                (&mut y, d),
+            )?;
+            gpu.gemm(
+                (false, false),
+                (d, rows, k),
+                a,
+                (&self.means.slice(..), d),
+                (&r.slice(..rows * k), k),
+                1.0,
+                (&mut y, d),
+            )?;
+        }
+        gpu.download_rows(ys, host, &mut out)
     }
 }
 
@@ -261,7 +460,7 @@ pub struct GpuMlp<T: Real> {
     omegas: CudaSlice<T>,
     embed: CudaFunction,
     bias_act: CudaFunction,
-    lock: Mutex<()>,
+    scratch: Mutex<Scratch<T, 3>>,
 }
 
 impl<T: Real> GpuMlp<T>
@@ -283,7 +482,7 @@ where
             weights,
             net: net.clone(),
             gpu,
-            lock: Mutex::new(()),
+            scratch: Mutex::new(Scratch::new()),
         })
     }
 }
@@ -301,59 +500,55 @@ where
     fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, mut out: ArrayViewMut2<f64>) -> Result<()> {
         let c = &self.net.config;
         check_batch(c.dim, &x, &out)?;
-        let _guard = self.lock.lock().expect("lock");
-        let gpu = &self.gpu;
         let n = x.nrows();
-        let xs = gpu.upload::<T>(&rows(&x))?;
+        let widest = self
+            .net
+            .layers
+            .iter()
+            .map(|l| l.fan_out)
+            .chain([c.input_width()])
+            .max()
+            .unwrap_or(1);
+        let mut scratch = self.scratch.lock().expect("lock");
+        let gpu = &self.gpu;
+        let (host, [xs, mut h, mut z]) =
+            scratch.ensure(gpu, n * c.dim, [n * c.dim, n * widest, n * widest])?;
+        gpu.upload_rows(&x, host, xs)?;
         let width_in = c.input_width();
-        let mut h = gpu
-            .stream
-            .alloc_zeros::<T>(n * width_in)
-            .map_err(|e| gpu_err("alloc", e))?;
         let s = T::from_f64(c.time_input.of(at));
         let (ni, di, mi) = (n as i32, c.dim as i32, (c.time_features / 2) as i32);
         let mut launch = gpu.stream.launch_builder(&self.embed);
         launch
-            .arg(&xs)
+            .arg(&*xs)
             .arg(&self.omegas)
             .arg(&s)
             .arg(&ni)
             .arg(&di)
             .arg(&mi)
-            .arg(&mut h);
+            .arg(&mut *h);
         // SAFETY: matches `embed_{f32,f64}`; h holds n x (d + 2m) entries, x n x d, omega m.
         unsafe { launch.launch(grid(n * width_in)) }.map_err(|e| gpu_err("embed kernel", e))?;
         let last = self.net.layers.len() - 1;
         for (l, (w, b)) in self.weights.iter().enumerate() {
             let layer = self.net.layers[l];
-            let mut z = gpu
-                .stream
-                .alloc_zeros::<T>(n * layer.fan_out)
-                .map_err(|e| gpu_err("alloc", e))?;
-            let cfg = GemmConfig {
-                transa: cublasOperation_t::CUBLAS_OP_T,
-                transb: cublasOperation_t::CUBLAS_OP_N,
-                m: layer.fan_out as i32,
-                n: n as i32,
-                k: layer.fan_in as i32,
-                alpha: T::from_f64(1.0),
-                lda: layer.fan_in as i32,
-                ldb: layer.fan_in as i32,
-                beta: T::from_f64(0.0),
-                ldc: layer.fan_out as i32,
-            };
-            // SAFETY: w is fan_out x fan_in, h is n x fan_in and z n x fan_out (row-major), the
-            // shapes the configuration describes (module doc).
-            unsafe { gpu.blas.gemm(cfg, w, &h, &mut z) }.map_err(|e| gpu_err("cuBLAS gemm", e))?;
+            gpu.gemm(
+                (true, false),
+                (layer.fan_out, n, layer.fan_in),
+                1.0,
+                (&w.slice(..), layer.fan_in),
+                (&h.slice(..n * layer.fan_in), layer.fan_in),
+                0.0,
+                (&mut z.slice_mut(..n * layer.fan_out), layer.fan_out),
+            )?;
             let (wi, silu) = (layer.fan_out as i32, i32::from(l < last));
             let mut launch = gpu.stream.launch_builder(&self.bias_act);
-            launch.arg(&mut z).arg(b).arg(&ni).arg(&wi).arg(&silu);
+            launch.arg(&mut *z).arg(b).arg(&ni).arg(&wi).arg(&silu);
             // SAFETY: matches `bias_act_{f32,f64}`; z holds n x fan_out entries, b fan_out.
             unsafe { launch.launch(grid(n * layer.fan_out)) }
                 .map_err(|e| gpu_err("bias_act kernel", e))?;
-            h = z;
+            std::mem::swap(&mut h, &mut z);
         }
-        gpu.download(&h, &mut out)
+        gpu.download_rows(h, host, &mut out)
     }
 }
 

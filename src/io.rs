@@ -26,15 +26,18 @@ pub fn write_atomic(path: impl AsRef<Path>, contents: &[u8]) -> Result<()> {
 }
 
 /// The git revision of the working tree (suffixed `-dirty` when tracked files have uncommitted
-/// changes); outside a repository, the value of `PFODE_GIT_REVISION` (for a copy of the tree run
-/// on another machine) or `unknown`. Read once per process, so that a run which
-/// rewrites tracked result files records the revision it started from.
+/// changes), or `unknown` outside a repository; `PFODE_GIT_REVISION`, when set, takes its place
+/// (for binaries built from a commit and run on another machine). Read once per process, so
+/// that a run which rewrites tracked result files records the revision it started from.
 pub fn git_revision() -> String {
     static REVISION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     REVISION.get_or_init(read_git_revision).clone()
 }
 
 fn read_git_revision() -> String {
+    if let Ok(rev) = std::env::var("PFODE_GIT_REVISION") {
+        return rev;
+    }
     let run = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -48,7 +51,7 @@ fn read_git_revision() -> String {
             Some(s) if !s.is_empty() => format!("{rev}-dirty"),
             _ => rev,
         },
-        None => std::env::var("PFODE_GIT_REVISION").unwrap_or_else(|_| "unknown".into()),
+        None => "unknown".into(),
     }
 }
 
