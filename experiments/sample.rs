@@ -1,8 +1,11 @@
-//! Runs one solver on one problem: `sample --problem NAME|FILE.json --schedule SPEC --grid SPEC
-//! --solver SPEC --init XT.npy --out X.npy [--record RUN.json]`. See `sample --help`.
+//! Runs one solver on one problem or network: `sample --problem NAME|FILE.json | --net
+//! FILE.safetensors --schedule SPEC --grid SPEC --solver SPEC --init XT.npy --out X.npy
+//! [--record RUN.json] [--device cpu|cuda-f32|cuda-f64]`. See `sample --help`.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use pfode::gmm::GaussianMixture;
 use pfode::grid::Grid;
+use pfode::nn::{weights, Mlp};
 use pfode::solver::{self, Env, Model, SOLVERS};
 use pfode::{io, problems, schedule, Counted, Error, Oracle, Result};
 use serde_json::{json, Map, Value};
@@ -11,6 +14,10 @@ use std::path::PathBuf;
 const GRAMMAR: &str = "\
 Specs are NAME or NAME:key=value,key=value (every option has a default; an unknown option is an error).
 
+--net       a network's safetensors file (pfode's MLP layout, see the README); --schedule then
+            defaults to the schedule in its metadata
+--device    cpu (default) | cuda-f32 | cuda-f64: the oracle on the GPU (binaries built with
+            --features cuda; without a usable GPU, one line on stderr says why and the CPU runs)
 --schedule  vp-linear[:beta0=0.1,beta1=20] | vp-cosine[:s=0.008,t_max=0.9946]
             | vp-discrete[:betas=linear|scaled_linear,beta_start,beta_end,steps=1000]
             | ve[:sigma_min=0.01,sigma_max=50] | edm | flow
@@ -28,13 +35,19 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
 Errors are one line on stderr, exit status 2, and no output file.";
 
 #[derive(Parser)]
-#[command(name = "sample", about = "Run one deterministic sampler on one problem", after_help = GRAMMAR)]
+#[command(name = "sample", about = "Run one sampler on one problem or network", after_help = GRAMMAR)]
+#[command(group(clap::ArgGroup::new("oracle").required(true).args(["problem", "net"])))]
 struct Args {
     /// A built-in problem (ring2d, aniso16, gauss4, mix64) or a mixture JSON file.
     #[arg(long)]
-    problem: String,
+    problem: Option<String>,
+    /// A network's safetensors file.
     #[arg(long)]
-    schedule: String,
+    net: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+    #[arg(long)]
+    schedule: Option<String>,
     #[arg(long)]
     grid: String,
     #[arg(long)]
@@ -58,25 +71,125 @@ fn solver_list() -> String {
         .join("\n")
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Cpu,
+    CudaF32,
+    CudaF64,
+}
+
+enum Source {
+    Mixture(GaussianMixture),
+    Net(Mlp),
+}
+
+/// The oracle on the requested device, or on the CPU when no GPU is usable.
+fn on_device(source: &Source, device: Device) -> Result<Box<dyn Oracle + '_>> {
+    let cpu = || -> Box<dyn Oracle + '_> {
+        match source {
+            Source::Mixture(m) => Box::new(m),
+            Source::Net(n) => Box::new(n),
+        }
+    };
+    if device == Device::Cpu {
+        return Ok(cpu());
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(Error::invalid(
+            "--device",
+            None,
+            "this binary was built without the `cuda` feature (cargo run --release --features cuda --bin sample -- ...)",
+        ))
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use pfode::cuda::{Gpu, GpuMixture, GpuMlp};
+        let Some(gpu) = Gpu::detect() else {
+            return Ok(cpu());
+        };
+        Ok(match (source, device) {
+            (Source::Mixture(m), Device::CudaF32) => Box::new(GpuMixture::<f32>::new(gpu, m)?),
+            (Source::Mixture(m), _) => Box::new(GpuMixture::<f64>::new(gpu, m)?),
+            (Source::Net(n), Device::CudaF32) => Box::new(GpuMlp::<f32>::new(gpu, n)?),
+            (Source::Net(n), _) => Box::new(GpuMlp::<f64>::new(gpu, n)?),
+        })
+    }
+}
+
 fn run(args: &Args) -> Result<()> {
-    let mixture = problems::load(&args.problem)?;
-    let schedule = schedule::parse(&args.schedule)?;
+    let (source, name, trained_under) = match (&args.problem, &args.net) {
+        (Some(problem), _) => (
+            Source::Mixture(problems::load(problem)?),
+            format!("problem '{problem}'"),
+            None,
+        ),
+        (None, Some(path)) => {
+            let loaded = weights::load(path)?;
+            let trained_under = loaded.schedule().map(String::from);
+            (
+                Source::Net(loaded.net),
+                format!("network '{}'", path.display()),
+                trained_under,
+            )
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "--problem",
+                None,
+                "--problem or --net is required",
+            ))
+        }
+    };
+    let spec = match (&args.schedule, &trained_under) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => {
+            return Err(Error::invalid(
+                "--schedule",
+                None,
+                format!("required: {name} records no schedule"),
+            ))
+        }
+    };
+    let schedule = schedule::parse(&spec)?;
+    if let Some(trained) = &trained_under {
+        let trained = schedule::parse(trained)?.spec();
+        if trained != schedule.spec() {
+            return Err(Error::invalid(
+                "--schedule",
+                None,
+                format!(
+                    "{name} was trained under '{trained}', not '{}'",
+                    schedule.spec()
+                ),
+            ));
+        }
+    }
     let grid = Grid::parse(&args.grid, schedule.as_ref())?;
     let env = Env {
         schedule: schedule.as_ref(),
-        mixture: Some(&mixture),
+        mixture: match &source {
+            Source::Mixture(m) => Some(m),
+            Source::Net(_) => None,
+        },
         noise_seed: args.noise_seed,
     };
     let mut built = solver::build(&args.solver, &env)?;
     let x0 = io::read_npy(&args.init)?;
-    if x0.ncols() != mixture.dim() || x0.nrows() == 0 {
+    let device_oracle = on_device(&source, args.device)?;
+    let dim = device_oracle.dim();
+    if x0.ncols() != dim || x0.nrows() == 0 {
         return Err(Error::invalid(
             args.init.display().to_string(),
             None,
-            format!("expected shape (N, {}) with N >= 1 for problem '{}', found {:?} (dimension mismatch)", mixture.dim(), args.problem, x0.dim()),
+            format!(
+                "expected shape (N, {dim}) with N >= 1 for {name}, found {:?} (dimension mismatch)",
+                x0.dim()
+            ),
         ));
     }
-    let oracle = Counted::new(&mixture);
+    let oracle = Counted::new(device_oracle.as_ref());
     let model = Model::new(&oracle, schedule.as_ref());
     let x = solver::integrate(built.solver.as_mut(), &model, &grid, x0.view())?;
     let record = args.record.as_ref().map(|_| {
@@ -92,6 +205,8 @@ fn run(args: &Args) -> Result<()> {
             .collect();
         json!({
             "problem": args.problem,
+            "net": args.net.as_ref().map(|p| p.display().to_string()),
+            "device": args.device.to_possible_value().map(|v| v.get_name().to_string()),
             "schedule": schedule.spec(),
             "grid": grid.spec(),
             "times": grid.times,

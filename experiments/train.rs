@@ -22,7 +22,7 @@ count.
 Writes --out (safetensors, F64, tensors layers.{l}.weight / layers.{l}.bias, the architecture,
 schedule, problem and provenance in the metadata) and --log (JSON: provenance, configs, the loss
 curve with a fixed validation set, and the RMS error of the net against the exact oracle at a
-few times). `plot --kind train` draws the loss curve. Errors: one line on stderr, exit status 2.";
+few times). `plot LOG` draws the loss curve. Errors: one line on stderr, exit status 2.";
 
 #[derive(Parser)]
 #[command(name = "train", about = "Train an MLP oracle with the denoising loss", after_help = AFTER)]

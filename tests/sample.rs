@@ -236,3 +236,70 @@ fn bad_input_is_one_line_exit_2_and_no_output() {
     ]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// `--net`: the committed ring2d network under the schedule in its metadata gives exactly what
+/// the library gives with the same network; a schedule other than the network's, or a device
+/// the binary was not built for, is one error line.
+#[test]
+fn a_network_samples_like_the_library() {
+    use pfode::grid::Grid;
+    use pfode::nn::weights;
+    use pfode::solver::{self, Env, Model};
+    let dir = scratch_dir("net");
+    let init = write_init(&dir, 6, 2);
+    let out = dir.join("x.npy");
+    let net = "results/models/ring2d.safetensors";
+    let args = |extra: &[&'static str]| {
+        let mut v = vec![
+            "--net",
+            net,
+            "--grid",
+            "logsnr:steps=6",
+            "--solver",
+            "dpm-solver++:order=3",
+            "--init",
+            &init,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        v.extend_from_slice(extra);
+        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| sample(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = run(args(&[]));
+    assert_eq!(code, 0, "{err}");
+    let got = io::read_npy(&out).unwrap();
+
+    let loaded = weights::load(net).unwrap();
+    let schedule = pfode::schedule::parse(loaded.schedule().unwrap()).unwrap();
+    let env = Env {
+        schedule: schedule.as_ref(),
+        mixture: None,
+        noise_seed: 0,
+    };
+    let mut built = solver::build("dpm-solver++:order=3", &env).unwrap();
+    let grid = Grid::parse("logsnr:steps=6", schedule.as_ref()).unwrap();
+    let x0 = io::read_npy(&init).unwrap();
+    let model = Model::new(&loaded.net, schedule.as_ref());
+    let want = solver::integrate(built.solver.as_mut(), &model, &grid, x0.view()).unwrap();
+    assert_eq!(got, want);
+    std::fs::remove_file(&out).unwrap();
+
+    let mut cases = vec![(
+        args(&["--schedule", "vp-cosine"]),
+        "was trained under 'vp-linear:beta0=0.1,beta1=20'",
+    )];
+    if !cfg!(feature = "cuda") {
+        cases.push((
+            args(&["--device", "cuda-f64"]),
+            "without the `cuda` feature",
+        ));
+    }
+    for (a, needle) in cases {
+        let (code, _, err) = run(a);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "expected '{needle}' in: {err}");
+        assert!(!out.exists());
+    }
+}
