@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Data flows one way: [`schedule`] -> [`prediction`] -> [`oracle`] (the exact [`gmm`] mixture,
-//! the closed-form [`gaussian_flow`], later networks) -> [`solver`] over a [`grid`] -> metrics ->
-//! experiments.
+//! the closed-form [`gaussian_flow`], the [`nn`] MLP; mixture and MLP also on a GPU with the
+//! `cuda` feature) -> [`solver`] over a [`grid`] -> metrics -> experiments.
 
 pub mod brownian;
 #[cfg(feature = "cuda")]

@@ -14,9 +14,10 @@
 //!
 //! The output is the configured [`Prediction`] (eps, x0, v, velocity or score); x enters as it
 //! is, without preconditioning, which suits VP and flow schedules where x_t stays at the data's
-//! scale. CPU inference is batched: each block of [`crate::oracle::CHUNK_ROWS`] rows is a chain of matrix
-//! products (`matrixmultiply` through ndarray), the blocks run in parallel under rayon, and
-//! which rows are computed together never depends on the thread count (bit-identical results).
+//! scale. CPU inference is batched: each block of [`crate::oracle::CHUNK_ROWS`] rows is a chain
+//! of matrix products (`matrixmultiply` through ndarray), the blocks run in parallel under
+//! rayon, and which rows are computed together never depends on the thread count (bit-identical
+//! results).
 
 pub mod train;
 pub mod weights;
@@ -281,7 +282,8 @@ impl Mlp {
         unreachable!()
     }
 
-    /// F(x, s) for one noise level, into `out`, in parallel blocks of [`CHUNK_ROWS`] rows.
+    /// F(x, s) for one noise level, into `out`, in parallel blocks of
+    /// [`crate::oracle::CHUNK_ROWS`] rows.
     pub fn predict_into(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) {
         let s = self.config.time_input.of(at);
         par_rows(x, out, |x, mut out| {

@@ -4,7 +4,8 @@
 //! L(theta) = E_{t, x_0, eps} w(t) |F_theta(x_t, t) - (A_t x_0 + B_t eps)|^2 / d,
 //! x_t = alpha_t x_0 + sigma_t eps,
 //!
-//! with (A_t, B_t) the target of the network's prediction type ([`Prediction::target`]) and
+//! with (A_t, B_t) the target of the network's prediction type
+//! ([`crate::prediction::Prediction::target`]) and
 //! w(t) = 1: the plain mean squared error in the prediction's own units. For `eps` this is the
 //! DDPM "simple" loss (Ho et al. 2020, eq. 14), for `v` that of Salimans & Ho (2022), for
 //! `velocity` on the `flow` schedule the conditional flow-matching loss (Lipman et al. 2023); in

@@ -72,7 +72,7 @@ pub struct Group {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trajectories {
     pub times: Vec<f64>,
-    /// paths[i][k] = the i-th path at times[k].
+    /// `paths[i][k]` = the i-th path at `times[k]`.
     pub paths: Vec<Vec<[f64; 2]>>,
 }
 
