@@ -29,8 +29,9 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
 --solver    NAME[:key=value,...], e.g. dpm-solver++:order=3,method=multistep,type=dpmsolver,lower_order_final=false
 --init      an (N, d) float64 .npy: x at the grid's first time
 --out       the (N, d) float64 .npy at the grid's last time
---record    JSON with problem, schedule, grid times, solver and every option (defaults included),
-            nfe, and model_calls: [{t, alpha, sigma}] in evaluation order
+--record    JSON with problem or net, schedule, grid times, solver and every option (defaults
+            included), nfe, model_calls: [{t, alpha, sigma}] in evaluation order, and the device
+            used (cpu after a fall-back) beside the one requested
 
 Errors are one line on stderr, exit status 2, and no output file.";
 
@@ -83,8 +84,8 @@ enum Source {
     Net(Mlp),
 }
 
-/// The oracle on the requested device, or on the CPU when no GPU is usable.
-fn on_device(source: &Source, device: Device) -> Result<Box<dyn Oracle + '_>> {
+/// The oracle on the requested device, or on the CPU when no GPU is usable; and the device used.
+fn on_device(source: &Source, device: Device) -> Result<(Box<dyn Oracle + '_>, Device)> {
     let cpu = || -> Box<dyn Oracle + '_> {
         match source {
             Source::Mixture(m) => Box::new(m),
@@ -92,7 +93,7 @@ fn on_device(source: &Source, device: Device) -> Result<Box<dyn Oracle + '_>> {
         }
     };
     if device == Device::Cpu {
-        return Ok(cpu());
+        return Ok((cpu(), Device::Cpu));
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -106,14 +107,15 @@ fn on_device(source: &Source, device: Device) -> Result<Box<dyn Oracle + '_>> {
     {
         use pfode::cuda::{Gpu, GpuMixture, GpuMlp};
         let Some(gpu) = Gpu::detect() else {
-            return Ok(cpu());
+            return Ok((cpu(), Device::Cpu));
         };
-        Ok(match (source, device) {
+        let oracle: Box<dyn Oracle> = match (source, device) {
             (Source::Mixture(m), Device::CudaF32) => Box::new(GpuMixture::<f32>::new(gpu, m)?),
             (Source::Mixture(m), _) => Box::new(GpuMixture::<f64>::new(gpu, m)?),
             (Source::Net(n), Device::CudaF32) => Box::new(GpuMlp::<f32>::new(gpu, n)?),
             (Source::Net(n), _) => Box::new(GpuMlp::<f64>::new(gpu, n)?),
-        })
+        };
+        Ok((oracle, device))
     }
 }
 
@@ -177,7 +179,7 @@ fn run(args: &Args) -> Result<()> {
     };
     let mut built = solver::build(&args.solver, &env)?;
     let x0 = io::read_npy(&args.init)?;
-    let device_oracle = on_device(&source, args.device)?;
+    let (device_oracle, device) = on_device(&source, args.device)?;
     let dim = device_oracle.dim();
     if x0.ncols() != dim || x0.nrows() == 0 {
         return Err(Error::invalid(
@@ -206,7 +208,8 @@ fn run(args: &Args) -> Result<()> {
         json!({
             "problem": args.problem,
             "net": args.net.as_ref().map(|p| p.display().to_string()),
-            "device": args.device.to_possible_value().map(|v| v.get_name().to_string()),
+            "device": device.to_possible_value().map(|v| v.get_name().to_string()),
+            "device_requested": args.device.to_possible_value().map(|v| v.get_name().to_string()),
             "schedule": schedule.spec(),
             "grid": grid.spec(),
             "times": grid.times,

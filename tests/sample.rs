@@ -249,8 +249,8 @@ fn a_network_samples_like_the_library() {
     let init = write_init(&dir, 6, 2);
     let out = dir.join("x.npy");
     let net = "results/models/ring2d.safetensors";
-    let args = |extra: &[&'static str]| {
-        let mut v = vec![
+    let args = |extra: &[&str]| {
+        let base = [
             "--net",
             net,
             "--grid",
@@ -262,8 +262,9 @@ fn a_network_samples_like_the_library() {
             "--out",
             out.to_str().unwrap(),
         ];
-        v.extend_from_slice(extra);
-        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
     };
     let run = |a: Vec<String>| sample(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let (code, _, err) = run(args(&[]));
@@ -283,6 +284,16 @@ fn a_network_samples_like_the_library() {
     let model = Model::new(&loaded.net, schedule.as_ref());
     let want = solver::integrate(built.solver.as_mut(), &model, &grid, x0.view()).unwrap();
     assert_eq!(got, want);
+    std::fs::remove_file(&out).unwrap();
+    let record = dir.join("run.json");
+    let (code, _, err) = run(args(&["--record", record.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(r["net"], net);
+    assert_eq!(r["device"], "cpu");
+    assert_eq!(r["schedule"], "vp-linear:beta0=0.1,beta1=20");
+    assert_eq!(r["nfe"], 6);
     std::fs::remove_file(&out).unwrap();
 
     let mut cases = vec![(
