@@ -82,6 +82,14 @@ fn measure(
     Ok(rows)
 }
 
+/// One benchmarked oracle: its CPU version and, with the `cuda` feature, what builds its GPU one.
+struct Case<'a> {
+    name: String,
+    cpu: &'a dyn Oracle,
+    #[cfg(feature = "cuda")]
+    host: pfode::cuda::Host<'a>,
+}
+
 fn nets() -> Result<Vec<(String, Mlp)>> {
     [(2, 64, 3), (16, 128, 3), (64, 512, 4)]
         .iter()
@@ -123,37 +131,29 @@ fn run(args: Args) -> Result<()> {
             "no GPU: nothing written (--cpu-only writes the CPU figures)".into(),
         ));
     }
-    for (name, m) in &mixtures {
+    let cases = mixtures
+        .iter()
+        .map(|(name, m)| Case {
+            name: format!("gmm {name}"),
+            cpu: m,
+            #[cfg(feature = "cuda")]
+            host: pfode::cuda::Host::Mixture(m),
+        })
+        .chain(nets.iter().map(|(name, net)| Case {
+            name: name.clone(),
+            cpu: net,
+            #[cfg(feature = "cuda")]
+            host: pfode::cuda::Host::Mlp(net),
+        }));
+    for case in cases {
         #[allow(unused_mut)]
         let mut gpus: Vec<(&str, Box<dyn Oracle>)> = Vec::new();
         #[cfg(feature = "cuda")]
         if let Some(g) = &gpu {
-            gpus.push((
-                "f32",
-                Box::new(pfode::cuda::GpuMixture::<f32>::new(g.clone(), m)?),
-            ));
-            gpus.push((
-                "f64",
-                Box::new(pfode::cuda::GpuMixture::<f64>::new(g.clone(), m)?),
-            ));
+            gpus.push(("f32", case.host.to_gpu::<f32>(g.clone())?));
+            gpus.push(("f64", case.host.to_gpu::<f64>(g.clone())?));
         }
-        rows.extend(measure(&format!("gmm {name}"), m, &gpus, &args)?);
-    }
-    for (name, net) in &nets {
-        #[allow(unused_mut)]
-        let mut gpus: Vec<(&str, Box<dyn Oracle>)> = Vec::new();
-        #[cfg(feature = "cuda")]
-        if let Some(g) = &gpu {
-            gpus.push((
-                "f32",
-                Box::new(pfode::cuda::GpuMlp::<f32>::new(g.clone(), net)?),
-            ));
-            gpus.push((
-                "f64",
-                Box::new(pfode::cuda::GpuMlp::<f64>::new(g.clone(), net)?),
-            ));
-        }
-        rows.extend(measure(name, net, &gpus, &args)?);
+        rows.extend(measure(&case.name, case.cpu, &gpus, &args)?);
     }
     #[cfg(feature = "cuda")]
     let device = gpu.as_ref().map(|g| g.name.clone());

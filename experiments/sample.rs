@@ -105,15 +105,17 @@ fn on_device(source: &Source, device: Device) -> Result<(Box<dyn Oracle + '_>, D
     }
     #[cfg(feature = "cuda")]
     {
-        use pfode::cuda::{Gpu, GpuMixture, GpuMlp};
+        use pfode::cuda::{Gpu, Host};
         let Some(gpu) = Gpu::detect() else {
             return Ok((cpu(), Device::Cpu));
         };
-        let oracle: Box<dyn Oracle> = match (source, device) {
-            (Source::Mixture(m), Device::CudaF32) => Box::new(GpuMixture::<f32>::new(gpu, m)?),
-            (Source::Mixture(m), _) => Box::new(GpuMixture::<f64>::new(gpu, m)?),
-            (Source::Net(n), Device::CudaF32) => Box::new(GpuMlp::<f32>::new(gpu, n)?),
-            (Source::Net(n), _) => Box::new(GpuMlp::<f64>::new(gpu, n)?),
+        let host = match source {
+            Source::Mixture(m) => Host::Mixture(m),
+            Source::Net(n) => Host::Mlp(n),
+        };
+        let oracle = match device {
+            Device::CudaF32 => host.to_gpu::<f32>(gpu)?,
+            _ => host.to_gpu::<f64>(gpu)?,
         };
         Ok((oracle, device))
     }

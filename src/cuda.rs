@@ -552,6 +552,26 @@ where
     }
 }
 
+/// A CPU oracle that has a GPU version: the exact mixture or the MLP.
+#[derive(Clone, Copy)]
+pub enum Host<'a> {
+    Mixture(&'a GaussianMixture),
+    Mlp(&'a Mlp),
+}
+
+impl Host<'_> {
+    /// Its GPU version in precision `T`.
+    pub fn to_gpu<T: Real>(self, gpu: Arc<Gpu>) -> Result<Box<dyn Oracle>>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        Ok(match self {
+            Host::Mixture(m) => Box::new(GpuMixture::<T>::new(gpu, m)?),
+            Host::Mlp(n) => Box::new(GpuMlp::<T>::new(gpu, n)?),
+        })
+    }
+}
+
 /// Synchronizes the device (for timing).
 pub fn synchronize(gpu: &Gpu) -> Result<()> {
     gpu.stream
