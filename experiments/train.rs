@@ -132,7 +132,7 @@ fn run(args: Args) -> Result<()> {
             let mut learned = x.clone();
             mixture.predict(Prediction::X0, x.view(), &at, exact.view_mut())?;
             net.predict(Prediction::X0, x.view(), &at, learned.view_mut())?;
-            Ok(json!({"t": t, "sigma": at.sigma, "rms_x0_error": train::rms_difference(learned.view(), exact.view())}))
+            Ok(json!({"t": t, "sigma": at.sigma, "rms_x0_error": pfode::metrics::order::rms_norm((&learned - &exact).view())}))
         })
         .collect::<Result<_>>()?;
     let val = train::validation(&mixture, schedule.as_ref(), &train_config);

@@ -458,6 +458,8 @@ pub struct GpuMlp<T: Real> {
     net: Mlp,
     weights: Vec<(CudaSlice<T>, CudaSlice<T>)>,
     omegas: CudaSlice<T>,
+    /// The widest activation (input or layer output): the ping-pong buffers' row width.
+    widest: usize,
     embed: CudaFunction,
     bias_act: CudaFunction,
     scratch: Mutex<Scratch<T, 3>>,
@@ -475,8 +477,16 @@ where
                 Ok((gpu.upload(&w)?, gpu.upload(&b)?))
             })
             .collect::<Result<_>>()?;
+        let widest = net
+            .layers
+            .iter()
+            .map(|l| l.fan_out)
+            .chain([net.config.input_width()])
+            .max()
+            .unwrap_or(1);
         Ok(GpuMlp {
             omegas: gpu.upload(&net.config.omegas())?,
+            widest,
             embed: gpu.function(&gpu.mlp, &format!("embed_{}", T::SUFFIX))?,
             bias_act: gpu.function(&gpu.mlp, &format!("bias_act_{}", T::SUFFIX))?,
             weights,
@@ -501,14 +511,7 @@ where
         let c = &self.net.config;
         check_batch(c.dim, &x, &out)?;
         let n = x.nrows();
-        let widest = self
-            .net
-            .layers
-            .iter()
-            .map(|l| l.fan_out)
-            .chain([c.input_width()])
-            .max()
-            .unwrap_or(1);
+        let widest = self.widest;
         let mut scratch = self.scratch.lock().expect("lock");
         let gpu = &self.gpu;
         let (host, [xs, mut h, mut z]) =

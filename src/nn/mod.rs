@@ -317,8 +317,3 @@ impl Oracle for Mlp {
         Ok(())
     }
 }
-
-/// Splits n rows into fixed blocks of `rows` (never thread-dependent).
-pub fn blocks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    (0..n.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(n))
-}

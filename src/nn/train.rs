@@ -23,14 +23,14 @@
 //! `seed_for(seed, "step k")`; the validation set (fixed, `val_size` rows) from
 //! `seed_for(seed, "validation")`.
 
-use super::{blocks, silu_prime, Mlp};
+use super::{silu_prime, Mlp};
 use crate::error::{Error, Result};
 use crate::gmm::GaussianMixture;
 use crate::oracle::Oracle;
 use crate::rng::{seed_for, RowRng};
 use crate::schedule::Schedule;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{Array2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -390,9 +390,7 @@ pub fn oracle_loss(
     Ok(total / (n * d) as f64)
 }
 
-/// The RMS over rows of |F_net - F_exact| for a prediction type at one noise level, the
-/// network's accuracy measure used in tests and experiments.
-pub fn rms_difference(a: ArrayView2<f64>, b: ArrayView2<f64>) -> f64 {
-    let n = a.nrows().max(1) as f64;
-    ((&a - &b).mapv(|v| v * v).sum() / n).sqrt()
+/// Splits n rows into fixed blocks of `rows` (never thread-dependent).
+fn blocks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(n))
 }

@@ -24,7 +24,7 @@
 //! lambda step of the grid) per solver, and of `err_median` against NFE, above the group's `floor` (1e-12 x scale for the closed
 //! form, 1e-10 x scale for the reference solver).
 
-use super::{seed_for, Keyed, Study, Unit};
+use super::{seed_for, step_counts, GroupCache, Keyed, Study, Unit};
 use crate::error::{Error, Result};
 use crate::gaussian_flow::GaussianFlow;
 use crate::gmm::GaussianMixture;
@@ -38,7 +38,7 @@ use crate::Counted;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub const DEFAULT_NFE: [usize; 13] = [5, 6, 8, 10, 12, 15, 20, 25, 35, 50, 75, 100, 200];
@@ -269,12 +269,9 @@ struct GroupData {
     laws: Option<(GaussianLaw, GaussianLaw, GaussianLaw)>,
 }
 
-/// A group's data, computed once by the first unit that needs it (an error kept as its message).
-type GroupCell = OnceLock<std::result::Result<Arc<GroupData>, String>>;
-
 #[derive(Default)]
 pub struct Convergence {
-    cache: Mutex<HashMap<String, Arc<GroupCell>>>,
+    cache: GroupCache<GroupData>,
 }
 
 fn split(key: &str) -> (&str, &str, &str, &str) {
@@ -293,20 +290,7 @@ fn max_lambda_step(grid: &Grid, s: &dyn Schedule) -> f64 {
 
 impl Convergence {
     fn group(&self, config: &Config, key: &str) -> Result<Arc<GroupData>> {
-        let cell = self
-            .cache
-            .lock()
-            .expect("lock")
-            .entry(key.to_string())
-            .or_default()
-            .clone();
-        cell.get_or_init(|| {
-            build_group(config, key)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(Error::Domain)
+        self.cache.get(key, || build_group(config, key))
     }
 }
 
@@ -459,16 +443,7 @@ impl Study for Convergence {
         };
         let at1 = s.level(g.info.t_end);
         let mut points = Vec::new();
-        let mut last_steps = 0;
-        for &target in &config.nfe {
-            let mut steps = 0;
-            while nfe_of(&grid_of(steps + 1)?)? <= target && steps < target {
-                steps += 1;
-            }
-            if steps == 0 || steps == last_steps {
-                continue;
-            }
-            last_steps = steps;
+        for (target, steps) in step_counts(&config.nfe, |n| nfe_of(&grid_of(n)?))? {
             let grid = grid_of(steps)?;
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
             if !close(grid.times[0], g.info.t_start)

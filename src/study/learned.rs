@@ -20,7 +20,7 @@
 //!   stays below `net_error`: beyond it, more steps buy nothing the network can deliver.
 
 use super::convergence::{grid_spec, range};
-use super::{seed_for, Keyed, Study, Unit};
+use super::{seed_for, step_counts, GroupCache, Keyed, Study, Unit};
 use crate::error::{Error, Result};
 use crate::grid::Grid;
 use crate::metrics::distribution::{entropy, nll};
@@ -32,8 +32,7 @@ use crate::solver::{self, Env, Model};
 use crate::{problems, Counted, GaussianMixture, Oracle};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -150,15 +149,13 @@ struct GroupData {
     ref_net: Array2<f64>,
 }
 
-type GroupCell = OnceLock<std::result::Result<Arc<GroupData>, String>>;
-
 #[derive(Default)]
 pub struct Learned {
-    cache: Mutex<HashMap<String, Arc<GroupCell>>>,
+    cache: GroupCache<GroupData>,
 }
 
 /// The network of a file with the mixture and schedule its metadata names.
-pub fn load_net(path: &str) -> Result<(Mlp, GaussianMixture, Box<dyn Schedule>, weights::Loaded)> {
+pub fn load_net(path: &str) -> Result<(weights::Loaded, GaussianMixture, Box<dyn Schedule>)> {
     let loaded = weights::load(path)?;
     let need = |key: &str| {
         loaded.metadata.get(key).cloned().ok_or_else(|| {
@@ -182,7 +179,13 @@ pub fn load_net(path: &str) -> Result<(Mlp, GaussianMixture, Box<dyn Schedule>, 
             ),
         ));
     }
-    Ok((loaded.net.clone(), mixture, schedule, loaded))
+    Ok((loaded, mixture, schedule))
+}
+
+/// The `reference` solver (DOP853) at the study's tolerance.
+fn reference_solver(config: &Config, env: &Env) -> Result<solver::Built> {
+    let tol = config.reference_tol;
+    solver::build(&format!("reference:rtol={tol},atol={tol}"), env)
 }
 
 fn reference(
@@ -198,8 +201,7 @@ fn reference(
         mixture: Some(mixture),
         noise_seed: 0,
     };
-    let tol = config.reference_tol;
-    let mut built = solver::build(&format!("reference:rtol={tol},atol={tol}"), &env)?;
+    let mut built = reference_solver(config, &env)?;
     let counted = Counted::new(oracle);
     let x = solver::integrate(
         built.solver.as_mut(),
@@ -211,7 +213,8 @@ fn reference(
 }
 
 fn build_group(config: &Config, key: &str) -> Result<GroupData> {
-    let (net, mixture, schedule, loaded) = load_net(key)?;
+    let (loaded, mixture, schedule) = load_net(key)?;
+    let weights::Loaded { net, metadata } = loaded;
     let s = schedule.as_ref();
     let (t_start, t_end) = range(s);
     let grid = Grid::parse(&grid_spec("logsnr", 1, s), s)?;
@@ -223,7 +226,7 @@ fn build_group(config: &Config, key: &str) -> Result<GroupData> {
     let at1 = s.level(t_end);
     let info = Group {
         key: key.to_string(),
-        problem: loaded.metadata.get("problem").cloned().unwrap_or_default(),
+        problem: metadata.get("problem").cloned().unwrap_or_default(),
         schedule: s.spec(),
         network: weights::config_metadata(&net.config),
         t_start,
@@ -248,20 +251,7 @@ fn build_group(config: &Config, key: &str) -> Result<GroupData> {
 
 impl Learned {
     fn group(&self, config: &Config, key: &str) -> Result<Arc<GroupData>> {
-        let cell = self
-            .cache
-            .lock()
-            .expect("lock")
-            .entry(key.to_string())
-            .or_default()
-            .clone();
-        cell.get_or_init(|| {
-            build_group(config, key)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(Error::Domain)
+        self.cache.get(key, || build_group(config, key))
     }
 }
 
@@ -300,8 +290,7 @@ fn trajectory_points(config: &Config, g: &GroupData, key: &str) -> Result<Vec<Po
         mixture: Some(&g.mixture),
         noise_seed: 0,
     };
-    let tol = config.reference_tol;
-    let mut built = solver::build(&format!("reference:rtol={tol},atol={tol}"), &env)?;
+    let mut built = reference_solver(config, &env)?;
     let model = Model::new(&g.mixture, s);
     let (times, states) = solver::trajectory(built.solver.as_mut(), &model, &grid, g.x_t.view())?;
     let mut points = Vec::new();
@@ -377,16 +366,7 @@ impl Study for Learned {
         };
         let at1 = s.level(g.info.t_end);
         let mut points = Vec::new();
-        let mut last_steps = 0;
-        for &target in &config.nfe {
-            let mut steps = 0;
-            while steps < target && nfe_of(&grid_of(steps + 1)?)? <= target {
-                steps += 1;
-            }
-            if steps == 0 || steps == last_steps {
-                continue;
-            }
-            last_steps = steps;
+        for (_, steps) in step_counts(&config.nfe, |n| nfe_of(&grid_of(n)?))? {
             let grid = grid_of(steps)?;
             let run = |oracle: &dyn Oracle| -> Result<Array2<f64>> {
                 let mut built = solver::build(solver_text, &env)?;

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where a results file came from.
@@ -477,3 +477,53 @@ pub fn exit_on_error(result: Result<()>) {
 }
 
 pub use crate::rng::seed_for;
+
+/// One group's slot: filled once, with the data or the message of the error that stopped it.
+type GroupCell<T> = OnceLock<std::result::Result<Arc<T>, String>>;
+
+/// Per-group data of a study, computed once by the first unit that needs it; a failure is kept
+/// as its message, so that every unit of the group reports it.
+pub struct GroupCache<T>(Mutex<HashMap<String, Arc<GroupCell<T>>>>);
+
+impl<T> Default for GroupCache<T> {
+    fn default() -> Self {
+        GroupCache(Mutex::default())
+    }
+}
+
+impl<T> GroupCache<T> {
+    /// The data of group `key`, built by `build` if no unit has asked for it yet.
+    pub fn get(&self, key: &str, build: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let cell = self
+            .0
+            .lock()
+            .expect("lock")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| build().map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Domain)
+    }
+}
+
+/// The step counts of a fixed-NFE sweep as (target, steps): for each NFE target in order, the
+/// largest step count (at most the target) whose exact NFE `nfe(steps)` fits; a count is run
+/// once, under the first target that reaches it, and a target below the NFE of one step is
+/// skipped.
+pub fn step_counts(
+    targets: &[usize],
+    nfe: impl Fn(usize) -> Result<usize>,
+) -> Result<Vec<(usize, usize)>> {
+    let mut counts: Vec<(usize, usize)> = Vec::new();
+    for &target in targets {
+        let mut steps = 0;
+        while steps < target && nfe(steps + 1)? <= target {
+            steps += 1;
+        }
+        if steps > 0 && counts.last().is_none_or(|&(_, last)| last != steps) {
+            counts.push((target, steps));
+        }
+    }
+    Ok(counts)
+}
