@@ -1,15 +1,20 @@
 //! Runs one solver on one problem or network: `sample --problem NAME|FILE.json | --net
-//! FILE.safetensors --schedule SPEC --grid SPEC --solver SPEC --init XT.npy --out X.npy
-//! [--record RUN.json] [--device cpu|cuda-f32|cuda-f64]`. See `sample --help`.
+//! FILE.safetensors [--schedule SPEC] --grid SPEC --solver SPEC --init XT.npy|prior|standard
+//! [--n N --seed S] --out X.npy [--record RUN.json] [--device cpu|cuda-f32|cuda-f64]`. See
+//! `sample --help`.
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use pfode::gmm::GaussianMixture;
 use pfode::grid::Grid;
+use pfode::io::Outputs;
+use pfode::ndarray::Array2;
 use pfode::nn::{weights, Mlp};
 use pfode::solver::{self, Env, Model, SOLVERS};
-use pfode::{io, problems, schedule, Counted, Error, Oracle, Result};
+use pfode::{io, limits, problems, schedule, Counted, Error, NoiseLevel, Oracle, Result};
 use serde_json::{json, Map, Value};
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Instant;
 
 const GRAMMAR: &str = "\
 Specs are NAME or NAME:key=value,key=value (every option has a default; an unknown option is an error).
@@ -18,7 +23,8 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
             defaults to the schedule in its metadata
 --device    cpu (default) | cuda-f32 | cuda-f64: the oracle on the GPU (binaries built with
             --features cuda; without a usable GPU, one line on stderr says why and the CPU runs)
---schedule  vp-linear[:beta0=0.1,beta1=20] | vp-cosine[:s=0.008,t_max=0.9946]
+--schedule  default vp-linear for --problem, the metadata's schedule for --net:
+            vp-linear[:beta0=0.1,beta1=20] | vp-cosine[:s=0.008,t_max=0.9946]
             | vp-discrete[:betas=linear|scaled_linear,beta_start,beta_end,steps=1000]
             | ve[:sigma_min=0.01,sigma_max=50] | edm | flow
 --grid      logsnr:steps=N,t_start=T,t_end=e | time-uniform:... | time-quadratic:...
@@ -27,16 +33,21 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
             Defaults: steps=20, t_start = the schedule's end (80 for edm), t_end = 1e-3 (0.002 for
             edm, 1/N for vp-discrete). Sigma grids use sigma/alpha on VP schedules.
 --solver    NAME[:key=value,...], e.g. dpm-solver++:order=3,method=multistep,type=dpmsolver,lower_order_final=false
---init      an (N, d) float64 .npy: x at the grid's first time
---out       the (N, d) float64 .npy at the grid's last time
+--init      x at the grid's first time T: an (N, d) float64 .npy file; or `prior`, N = --n
+            draws (seed --seed) of the exact marginal p_T of the problem (of a network: of the
+            problem in its metadata); or `standard`, N draws of N(0, sigma_T^2 I) (the usual
+            prior of a diffusion sampler). A file literally named prior is ./prior.
+--out       the (N, d) float64 .npy at the grid's last time (on a terminal, one line on stderr
+            gives the NFE, the wall time and this path)
 --record    JSON with problem or net, schedule, grid times, solver and every option (defaults
-            included), nfe, model_calls: [{t, alpha, sigma}] in evaluation order, and the device
-            used (cpu after a fall-back) beside the one requested
+            included), nfe, model_calls: [{t, alpha, sigma}] in evaluation order, the init (a file,
+            or prior/standard with n and seed), and the device used (cpu after a fall-back)
+            beside the one requested; --out and --record must be distinct files
 
-Errors are one line on stderr, exit status 2, and no output file.";
+Errors are one line on stderr, exit status 2, and no output file is written or changed.";
 
 #[derive(Parser)]
-#[command(name = "sample", about = "Run one sampler on one problem or network", after_help = GRAMMAR)]
+#[command(name = "sample", about = "Run one sampler on one problem or network")]
 #[command(group(clap::ArgGroup::new("oracle").required(true).args(["problem", "net"])))]
 struct Args {
     /// A built-in problem (ring2d, aniso16, gauss4, mix64) or a mixture JSON file.
@@ -47,14 +58,22 @@ struct Args {
     net: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// The schedule (default: vp-linear with --problem, the network's own with --net).
     #[arg(long)]
     schedule: Option<String>,
     #[arg(long)]
     grid: String,
     #[arg(long)]
     solver: String,
+    /// An (N, d) .npy file, `prior` (exact p_T) or `standard` (N(0, sigma_T^2 I)).
     #[arg(long)]
-    init: PathBuf,
+    init: String,
+    /// Rows drawn by --init prior|standard.
+    #[arg(long)]
+    n: Option<usize>,
+    /// Seed of the --init prior|standard draws.
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -121,20 +140,113 @@ fn on_device(source: &Source, device: Device) -> Result<(Box<dyn Oracle + '_>, D
     }
 }
 
+/// How x_T is made.
+enum Init {
+    File(PathBuf),
+    Prior { n: usize, seed: u64 },
+    Standard { n: usize, seed: u64 },
+}
+
+impl Init {
+    fn parse(args: &Args) -> Result<Init> {
+        let n = args.n.unwrap_or(1000);
+        let seed = args.seed.unwrap_or(0);
+        match args.init.as_str() {
+            "prior" => Ok(Init::Prior { n, seed }),
+            "standard" => Ok(Init::Standard { n, seed }),
+            path if args.n.is_none() && args.seed.is_none() => Ok(Init::File(path.into())),
+            _ => Err(Error::Domain(
+                "--n and --seed apply to --init prior|standard, not to an --init file".into(),
+            )),
+        }
+    }
+
+    fn record(&self) -> Value {
+        match self {
+            Init::File(p) => json!(p.display().to_string()),
+            Init::Prior { n, seed } => json!({"kind": "prior", "n": n, "seed": seed}),
+            Init::Standard { n, seed } => json!({"kind": "standard", "n": n, "seed": seed}),
+        }
+    }
+}
+
+/// x at time `t`: the --init file, or draws of p_t or of N(0, sigma_t^2 I).
+fn initial(
+    init: &Init,
+    problem: Option<&GaussianMixture>,
+    name: &str,
+    dim: usize,
+    at: &NoiseLevel,
+) -> Result<Array2<f64>> {
+    let x = match init {
+        Init::File(path) => io::read_npy(path)?,
+        Init::Prior { n, seed } => {
+            let mixture = problem.ok_or_else(|| {
+                Error::invalid(
+                    "--init",
+                    None,
+                    format!("prior: {name} records no problem whose p_T to draw; use --init standard or a file"),
+                )
+            })?;
+            limits::elements("--n", "rows", *n, dim)?;
+            mixture.sample_pt(*n, at, *seed)
+        }
+        Init::Standard { n, seed } => {
+            limits::elements("--n", "rows", *n, dim)?;
+            pfode::rng::standard_normal(*n, dim, *seed, 0) * at.sigma
+        }
+    };
+    if x.ncols() != dim || x.nrows() == 0 {
+        let source = match init {
+            Init::File(path) => format!("--init {}", path.display()),
+            _ => "--init".into(),
+        };
+        return Err(Error::invalid(
+            source,
+            None,
+            format!(
+                "expected shape (N, {dim}) with N >= 1 for {name}, found {:?} (dimension mismatch)",
+                x.dim()
+            ),
+        ));
+    }
+    Ok(x)
+}
+
 fn run(args: &Args) -> Result<()> {
-    let (source, name, trained_under) = match (&args.problem, &args.net) {
+    let mut outputs = Outputs::new();
+    let out_slot = outputs.declare("--out", &args.out)?;
+    let record_slot = args
+        .record
+        .as_ref()
+        .map(|p| outputs.declare("--record", p))
+        .transpose()?;
+    let init = Init::parse(args)?;
+    let (source, name, trained_under, problem) = match (&args.problem, &args.net) {
         (Some(problem), _) => (
             Source::Mixture(problems::load(problem)?),
             format!("problem '{problem}'"),
+            None,
             None,
         ),
         (None, Some(path)) => {
             let loaded = weights::load(path)?;
             let trained_under = loaded.schedule().map(String::from);
+            let problem = match (&init, loaded.problem()) {
+                (Init::Prior { .. }, Some(p)) => Some(problems::load(p).map_err(|e| {
+                    Error::invalid(
+                        path.display().to_string(),
+                        Some("__metadata__.problem".into()),
+                        e.to_string(),
+                    )
+                })?),
+                _ => None,
+            };
             (
                 Source::Net(loaded.net),
                 format!("network '{}'", path.display()),
                 trained_under,
+                problem,
             )
         }
         (None, None) => {
@@ -148,6 +260,7 @@ fn run(args: &Args) -> Result<()> {
     let spec = match (&args.schedule, &trained_under) {
         (Some(s), _) => s.clone(),
         (None, Some(s)) => s.clone(),
+        (None, None) if args.problem.is_some() => "vp-linear".into(),
         (None, None) => {
             return Err(Error::invalid(
                 "--schedule",
@@ -171,6 +284,10 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     let grid = Grid::parse(&args.grid, schedule.as_ref())?;
+    let mixture = match &source {
+        Source::Mixture(m) => Some(m),
+        Source::Net(_) => problem.as_ref(),
+    };
     let env = Env {
         schedule: schedule.as_ref(),
         mixture: match &source {
@@ -180,23 +297,15 @@ fn run(args: &Args) -> Result<()> {
         noise_seed: args.noise_seed,
     };
     let mut built = solver::build(&args.solver, &env)?;
-    let x0 = io::read_npy(&args.init)?;
     let (device_oracle, device) = on_device(&source, args.device)?;
     let dim = device_oracle.dim();
-    if x0.ncols() != dim || x0.nrows() == 0 {
-        return Err(Error::invalid(
-            args.init.display().to_string(),
-            None,
-            format!(
-                "expected shape (N, {dim}) with N >= 1 for {name}, found {:?} (dimension mismatch)",
-                x0.dim()
-            ),
-        ));
-    }
+    let x0 = initial(&init, mixture, &name, dim, &schedule.level(grid.times[0]))?;
     let oracle = Counted::new(device_oracle.as_ref());
     let model = Model::new(&oracle, schedule.as_ref());
+    let clock = Instant::now();
     let x = solver::integrate(built.solver.as_mut(), &model, &grid, x0.view())?;
-    let record = args.record.as_ref().map(|_| {
+    let wall = clock.elapsed().as_secs_f64();
+    if let Some(slot) = record_slot {
         let options: Map<String, Value> = built
             .options
             .iter()
@@ -207,7 +316,7 @@ fn run(args: &Args) -> Result<()> {
             .iter()
             .map(|l| json!({"t": l.t, "alpha": l.alpha, "sigma": l.sigma}))
             .collect();
-        json!({
+        let record = json!({
             "problem": args.problem,
             "net": args.net.as_ref().map(|p| p.display().to_string()),
             "device": device.to_possible_value().map(|v| v.get_name().to_string()),
@@ -222,41 +331,30 @@ fn run(args: &Args) -> Result<()> {
             "order": built.solver.order(),
             "nfe": oracle.nfe(),
             "model_calls": calls,
-            "init": args.init.display().to_string(),
+            "init": init.record(),
             "out": args.out.display().to_string(),
             "n": x.nrows(),
             "pfode_version": env!("CARGO_PKG_VERSION"),
             "git_revision": io::git_revision(),
-        })
-    });
-    io::write_npy(&args.out, &x)?;
-    if let (Some(path), Some(rec)) = (&args.record, record) {
-        let text = serde_json::to_string_pretty(&rec).expect("json");
-        if let Err(e) = io::write_atomic(path, text.as_bytes()) {
-            let _ = std::fs::remove_file(&args.out);
-            return Err(e);
-        }
+        });
+        outputs.set(slot, serde_json::to_vec_pretty(&record).expect("json"));
+    }
+    outputs.set(out_slot, io::npy_bytes(&x)?);
+    outputs.commit()?;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "sample: {} x {} -> {} (NFE {}, {wall:.3} s)",
+            x.nrows(),
+            x.ncols(),
+            args.out.display(),
+            oracle.nfe()
+        );
     }
     Ok(())
 }
 
 fn main() {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if e.use_stderr() => {
-            let _ = e.print();
-            std::process::exit(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            if std::env::args().any(|a| a == "--help") {
-                println!("\nSolvers:\n{}", solver_list());
-            }
-            return;
-        }
-    };
-    if let Err(e) = run(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
+    let command = Args::command().after_help(format!("{GRAMMAR}\n\nSolvers:\n{}", solver_list()));
+    let args: Args = pfode::study::cli_args_from(command);
+    pfode::study::exit_on_error(run(&args));
 }

@@ -3,10 +3,11 @@
 //! --out NET.safetensors [--log LOG.json]`. See `train --help` and `pfode::nn::train`.
 
 use clap::Parser;
+use pfode::io::Outputs;
 use pfode::nn::train::{self, TimeSampling, TrainConfig};
 use pfode::nn::{weights, Mlp, MlpConfig, TimeInput};
 use pfode::study::{exit_on_error, progress, Provenance};
-use pfode::{io, problems, schedule, Error, Oracle, Prediction, Result};
+use pfode::{problems, schedule, Error, Oracle, Prediction, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -77,6 +78,13 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
+    let mut outputs = Outputs::new();
+    let net_slot = outputs.declare("--out", &args.out)?;
+    let log_slot = args
+        .log
+        .as_ref()
+        .map(|p| outputs.declare("--log", p))
+        .transpose()?;
     let mixture = problems::load(&args.problem)?;
     let schedule = schedule::parse(&args.schedule)?;
     let option =
@@ -159,14 +167,11 @@ fn run(args: Args) -> Result<()> {
         "log": log,
         "out": args.out.display().to_string(),
     });
-    weights::save(&net, &args.out, &extra)?;
-    if let Some(path) = &args.log {
-        let text = serde_json::to_string_pretty(&doc).expect("json");
-        if let Err(e) = io::write_atomic(path, text.as_bytes()) {
-            let _ = std::fs::remove_file(&args.out);
-            return Err(e);
-        }
+    outputs.set(net_slot, weights::to_bytes(&net, &extra)?);
+    if let Some(slot) = log_slot {
+        outputs.set(slot, serde_json::to_vec_pretty(&doc).expect("json"));
     }
+    outputs.commit()?;
     eprintln!(
         "trained {} parameters in {seconds:.1} s; validation loss {:.4e} (exact oracle: {exact_val_loss:.4e})",
         config.n_params(),
@@ -176,5 +181,5 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
-    exit_on_error(run(Args::parse()));
+    exit_on_error(run(pfode::study::cli_args()));
 }

@@ -16,10 +16,11 @@
 //! the schedule reaches sigma = 0 at its t_min (VP-linear, VP-cosine, EDM, flow). Without it the
 //! grid has N steps from sigma_max to sigma_min.
 //!
-//! Defaults: `steps=20`; `t_start` = the schedule's t_max (80 for EDM); `t_end` = 1e-3
+//! Defaults: `steps=20` (at most [`MAX_STEPS`] = 10^6); `t_start` = the schedule's t_max (80 for EDM); `t_end` = 1e-3
 //! (0.002 for EDM, t_min = 1/N for `vp-discrete`).
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_STEPS;
 use crate::schedule::Schedule;
 use crate::spec::Spec;
 use std::path::Path;
@@ -98,6 +99,11 @@ impl Grid {
         let steps = spec.take("steps", 20usize)?;
         if steps == 0 {
             return Err(spec.error("option 'steps': need at least 1 step"));
+        }
+        if steps > MAX_STEPS {
+            return Err(spec.error(format!(
+                "option 'steps': {steps} exceeds the limit of {MAX_STEPS} steps"
+            )));
         }
         let t_max = if schedule.t_max().is_finite() {
             schedule.t_max()

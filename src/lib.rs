@@ -20,6 +20,7 @@ pub mod gaussian_flow;
 pub mod gmm;
 pub mod grid;
 pub mod io;
+pub mod limits;
 pub mod metrics;
 pub mod nn;
 pub mod oracle;

@@ -23,6 +23,7 @@ pub mod train;
 pub mod weights;
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_DEPTH, MAX_PARAMS, MAX_WIDTH};
 use crate::oracle::{check_batch, par_rows, Oracle};
 use crate::prediction::Prediction;
 use crate::schedule::NoiseLevel;
@@ -103,16 +104,39 @@ impl MlpConfig {
         if self.dim == 0 {
             return bad("dim", "must be >= 1".into());
         }
+        for (field, v) in [
+            ("dim", self.dim),
+            ("width", self.width),
+            ("time_features", self.time_features),
+        ] {
+            if v > MAX_WIDTH {
+                return bad(field, format!("{v} exceeds the limit of {MAX_WIDTH}"));
+            }
+        }
         if self.width == 0 {
             return bad("width", "must be >= 1".into());
         }
-        if self.depth == 0 {
-            return bad("depth", "must be >= 1".into());
+        if self.depth == 0 || self.depth > MAX_DEPTH {
+            return bad(
+                "depth",
+                format!("must be in 1..={MAX_DEPTH}, got {}", self.depth),
+            );
         }
         if self.time_features < 2 || !self.time_features.is_multiple_of(2) {
             return bad(
                 "time_features",
                 format!("must be even and >= 2, got {}", self.time_features),
+            );
+        }
+        if self.n_params() > MAX_PARAMS {
+            return bad(
+                "width",
+                format!(
+                    "{} parameters (width {}, depth {}) exceed the limit of {MAX_PARAMS} (2^26)",
+                    self.n_params(),
+                    self.width,
+                    self.depth
+                ),
             );
         }
         if !(self.omega_max.is_finite() && self.omega_max >= 1.0) {
@@ -126,7 +150,7 @@ impl MlpConfig {
 
     /// The width of h_0.
     pub fn input_width(&self) -> usize {
-        self.dim + self.time_features
+        self.dim.saturating_add(self.time_features)
     }
 
     /// (fan_out, fan_in) of each linear layer, input to output.
@@ -137,9 +161,14 @@ impl MlpConfig {
         shapes
     }
 
-    /// The total number of parameters.
+    /// The total number of parameters (saturating, so that any size from input can be checked).
     pub fn n_params(&self) -> usize {
-        self.shapes().iter().map(|&(o, i)| o * i + o).sum()
+        let layer = |o: usize, i: usize| o.saturating_mul(i).saturating_add(o);
+        layer(self.width, self.input_width())
+            .saturating_add(
+                layer(self.width, self.width).saturating_mul(self.depth.saturating_sub(1)),
+            )
+            .saturating_add(layer(self.dim, self.width))
     }
 
     /// omega_k, k = 0..m-1.

@@ -22,6 +22,9 @@
 //! run is bit-identical at any thread count. Step k draws its batch from seed
 //! `seed_for(seed, "step k")`; the validation set (fixed, `val_size` rows) from
 //! `seed_for(seed, "validation")`.
+//!
+//! A run stops with an error, and writes nothing, when the batch loss is not finite or grows past
+//! [`DIVERGED`] = 10^3 times the loss of step 0 (a learning rate far too large).
 
 use super::{silu_prime, Mlp};
 use crate::error::{Error, Result};
@@ -303,6 +306,10 @@ pub fn learning_rate(config: &TrainConfig, k: usize) -> f64 {
     floor + (config.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
+/// Training stops with an error when the batch loss is not finite or exceeds this many times
+/// the loss of the first step.
+pub const DIVERGED: f64 = 1e3;
+
 /// Trains `net` in place; `on_step` is called after every step (for a progress bar). Returns the
 /// loss log.
 pub fn train(
@@ -324,6 +331,16 @@ pub fn train(
             "steps, batch, log_every and val_size must be >= 1".into(),
         ));
     }
+    if !(config.lr.is_finite() && config.lr > 0.0) || !(0.0..=1.0).contains(&config.lr_final) {
+        return Err(Error::Domain(format!(
+            "need a finite lr > 0 and 0 <= lr_final <= 1, got lr = {} and lr_final = {}",
+            config.lr, config.lr_final
+        )));
+    }
+    let width = net.config.width.max(net.config.input_width());
+    for (field, rows) in [("batch", config.batch), ("val_size", config.val_size)] {
+        crate::limits::elements("training config", field, rows, width)?;
+    }
     schedule.check_t(config.t_min)?;
     schedule.check_t(config.t_max)?;
     if config.t_min >= config.t_max || config.t_min.is_nan() || config.t_max.is_nan() {
@@ -336,6 +353,7 @@ pub fn train(
     let mut adam = Adam::new(net.params.len());
     let mut log = Vec::new();
     let mut window = 0.0;
+    let mut first_loss: Option<f64> = None;
     for k in 0..config.steps {
         let batch = Batch::draw(
             mixture,
@@ -345,9 +363,10 @@ pub fn train(
             seed_for(config.seed, &format!("step {k}")),
         );
         let (loss, grad) = loss_and_grad(net, schedule, &batch, true);
-        if !loss.is_finite() {
+        let initial = *first_loss.get_or_insert(loss);
+        if !loss.is_finite() || loss > DIVERGED * initial {
             return Err(Error::Domain(format!(
-                "the training loss is {loss} at step {k}"
+                "training diverged: the loss is {loss:.4e} at step {k}, against {initial:.4e} at step 0 (the limit is {DIVERGED:e} times that; lower --lr)"
             )));
         }
         let lr = learning_rate(config, k);

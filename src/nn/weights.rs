@@ -13,10 +13,11 @@
 //! `safetensors.torch.save_file(model.state_dict(), path, metadata)`. The metadata (string to
 //! string, the header's `__metadata__`) must hold `dim`, `width`, `depth`, `time_input`
 //! (`t` | `log-sigma`), `time_features`, `omega_max` and `prediction` (`eps` | `x0` | `v` |
-//! `velocity` | `score`); `schedule` (the spec the network was trained under) and any other key
-//! are kept and passed back. A missing key or tensor, a shape that disagrees with the metadata,
-//! an unknown dtype, an extra tensor or a non-finite value is one error naming the file and the
-//! field.
+//! `velocity` | `score`); `schedule` (the spec the network was trained under, checked on load),
+//! `problem` and any other key are kept and passed back. A missing key or tensor, a shape that
+//! disagrees with the metadata, an unknown dtype, an extra tensor, a non-finite value, or an
+//! architecture over the [`crate::limits`] or larger than the file can hold is one error naming
+//! the file and the field, found before the parameters are allocated.
 
 use super::{Mlp, MlpConfig};
 use crate::error::{Error, Result};
@@ -47,6 +48,11 @@ impl Loaded {
     /// The schedule spec the network was trained under, if recorded.
     pub fn schedule(&self) -> Option<&str> {
         self.metadata.get("schedule").map(String::as_str)
+    }
+
+    /// The problem (a built-in name or a mixture file) the network was trained on, if recorded.
+    pub fn problem(&self) -> Option<&str> {
+        self.metadata.get("problem").map(String::as_str)
     }
 }
 
@@ -159,6 +165,20 @@ pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Loaded> {
             .map_err(|e: Error| invalid(Some(field("prediction")), e.to_string()))?,
     };
     config.validate(source)?;
+    let n_params = config.n_params();
+    if n_params.saturating_mul(4) > bytes.len() {
+        return Err(invalid(
+            None,
+            format!(
+                "the metadata describes {n_params} parameters, more than the file's {} bytes can hold",
+                bytes.len()
+            ),
+        ));
+    }
+    if let Some(spec) = metadata.get("schedule") {
+        crate::schedule::parse(spec)
+            .map_err(|e| invalid(Some(field("schedule")), e.to_string()))?;
+    }
     let mut net = Mlp::zeros(config)?;
     let mut expected = Vec::new();
     for l in 0..net.layers.len() {

@@ -452,20 +452,28 @@ pub fn group_by<T, K: Ord + Clone>(items: &[T], key: impl Fn(&T) -> K) -> Vec<(K
 /// Parses the command line; a usage error is one line on stderr and exit status 2 (help and
 /// version print in full and exit 0).
 pub fn cli_args<T: clap::Parser>() -> T {
-    T::try_parse().unwrap_or_else(|e| {
-        if e.use_stderr() {
-            let text = e.render().to_string();
-            eprintln!(
-                "{}",
-                text.lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("error: bad arguments")
-            );
-            std::process::exit(2);
-        }
-        let _ = e.print();
-        std::process::exit(0)
-    })
+    cli_args_from(T::command())
+}
+
+/// [`cli_args`] with a command built at run time (e.g. help text listing the registry).
+pub fn cli_args_from<T: clap::Parser>(command: clap::Command) -> T {
+    command
+        .try_get_matches()
+        .and_then(|m| T::from_arg_matches(&m))
+        .unwrap_or_else(|e| {
+            if e.use_stderr() {
+                let text = e.render().to_string();
+                eprintln!(
+                    "{}",
+                    text.lines()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("error: bad arguments")
+                );
+                std::process::exit(2);
+            }
+            let _ = e.print();
+            std::process::exit(0)
+        })
 }
 
 /// Ends a binary: on error, one line `error: ...` on stderr and exit status 2.
