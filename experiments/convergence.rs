@@ -5,8 +5,7 @@
 
 use clap::Parser;
 use pfode::study::convergence::{Config, Convergence};
-use pfode::study::{self, Shard};
-use std::path::PathBuf;
+use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
 Defaults (the main study): --problems gauss4,ring2d,aniso16 --schedules vp-linear,vp-cosine,edm,flow
@@ -16,9 +15,9 @@ dpm-solver++:order=3,third_order=taylor, deis, ipndm, unipc, unipc:variant=bh2.
 
 Writes one JSON document (kind \"convergence\"): provenance, config, per-group ground truth
 (\"groups\"), one point per (problem, schedule, grid, solver, NFE) and the fitted orders
-(\"summary\".\"fits\"). Points already in --out are kept and their units skipped (resume; --fresh
-starts over); a file written with another config is an error. --shard i/n runs every n-th unit; join the shard files
-with `merge`. Errors are one line on stderr and exit status 2.";
+(\"summary\".\"fits\"). A run starts afresh and replaces --out (default results/convergence.json);
+--resume keeps the points already there (same config only) and runs the rest. --shard i/n runs
+every n-th unit; join the shard files with `merge`. Errors are one line on stderr and exit status 2.";
 
 #[derive(Parser)]
 #[command(name = "convergence", about = "Error against ground truth vs NFE for solvers x schedules x grids x problems", after_help = AFTER)]
@@ -53,14 +52,8 @@ struct Args {
     /// samples.
     #[arg(long)]
     no_distribution: bool,
-    #[arg(long, default_value = "results/convergence.json")]
-    out: PathBuf,
-    /// Run only shard i of n (1 <= i <= n).
-    #[arg(long)]
-    shard: Option<Shard>,
-    /// Start afresh instead of resuming from the units already in --out.
-    #[arg(long)]
-    fresh: bool,
+    #[command(flatten)]
+    sweep: SweepArgs,
 }
 
 fn main() {
@@ -83,14 +76,8 @@ fn main() {
         distribution: !args.no_distribution,
     };
     pfode::study::exit_on_error(
-        study::run(
-            &Convergence::default(),
-            &config,
-            config.seed,
-            &args.out,
-            args.shard,
-            !args.fresh,
-        )
-        .map(|_| ()),
+        args.sweep
+            .run(&Convergence::default(), &config, config.seed)
+            .map(|_| ()),
     );
 }

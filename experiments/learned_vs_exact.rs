@@ -1,11 +1,10 @@
 //! Network error vs discretization error: `learned_vs_exact [--nets A.safetensors,B.safetensors]
-//! [--solvers ..] [--nfe ..] [--samples N] [--seed S] [--out FILE] [--shard i/n] [--fresh]`.
+//! [--solvers ..] [--nfe ..] [--samples N] [--seed S] [--out FILE] [--shard i/n] [--resume]`.
 //! Defaults are `Config::main`. See `learned_vs_exact --help` and `pfode::study::learned`.
 
 use clap::Parser;
 use pfode::study::learned::{Config, Learned};
-use pfode::study::{self, Shard};
-use std::path::PathBuf;
+use pfode::study::{self, SweepArgs};
 
 const AFTER: &str = "\
 Defaults: --nets results/models/ring2d.safetensors,results/models/aniso16.safetensors (each
@@ -37,13 +36,8 @@ struct Args {
     reference_tol: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, default_value = "results/learned_vs_exact.json")]
-    out: PathBuf,
-    #[arg(long)]
-    shard: Option<Shard>,
-    /// Start afresh instead of resuming the units already in --out.
-    #[arg(long)]
-    fresh: bool,
+    #[command(flatten)]
+    sweep: SweepArgs,
 }
 
 fn main() {
@@ -71,14 +65,8 @@ fn main() {
         config.seed = v;
     }
     study::exit_on_error(
-        study::run(
-            &Learned::default(),
-            &config,
-            config.seed,
-            &args.out,
-            args.shard,
-            !args.fresh,
-        )
-        .map(|_| ()),
+        args.sweep
+            .run(&Learned::default(), &config, config.seed)
+            .map(|_| ()),
     );
 }

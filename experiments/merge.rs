@@ -4,7 +4,9 @@
 
 use clap::Parser;
 use pfode::study::convergence::Convergence;
+use pfode::study::learned::Learned;
 use pfode::study::ot_gap::OtGap;
+use pfode::study::sde::Sde;
 use pfode::study::{self, kind_of};
 use pfode::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -27,10 +29,12 @@ fn run(args: &Args) -> Result<()> {
     match kind.as_str() {
         "convergence" => study::merge::<Convergence>(&parts, &args.out).map(|_| ()),
         "ot_gap" => study::merge::<OtGap>(&parts, &args.out).map(|_| ()),
+        "sde" => study::merge::<Sde>(&parts, &args.out).map(|_| ()),
+        "learned_vs_exact" => study::merge::<Learned>(&parts, &args.out).map(|_| ()),
         other => Err(Error::invalid(
             args.parts[0].display().to_string(),
             Some("kind".into()),
-            format!("cannot merge results of kind '{other}' (valid: convergence, ot_gap)"),
+            format!("cannot merge results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact)"),
         )),
     }
 }

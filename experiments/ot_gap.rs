@@ -4,8 +4,7 @@
 
 use clap::Parser;
 use pfode::study::ot_gap::{Config, OtGap};
-use pfode::study::{self, Shard};
-use std::path::PathBuf;
+use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
 Defaults (the main study): --problems gauss4,ring2d,aniso16 --schedules vp-linear,vp-cosine,edm,flow
@@ -14,7 +13,7 @@ Defaults (the main study): --problems gauss4,ring2d,aniso16 --schedules vp-linea
 Writes one JSON document (kind \"ot_gap\"): per (problem, schedule) the cost of the flow's coupling
 (x_T, x_0), the optimal assignment cost of the same point sets, their gap, the closed-form W2^2 for
 single Gaussians, straightness and path-length excess, and for 2-D problems a few trajectories.
-Resume (--fresh to start over), --shard and `merge` work as for `convergence`. Errors: one line on stderr, exit status 2.";
+--resume, --shard and `merge` work as for `convergence`. Errors: one line on stderr, exit status 2.";
 
 #[derive(Parser)]
 #[command(name = "ot_gap", about = "Optimal-transport gap and straightness of the PF-ODE map", after_help = AFTER)]
@@ -36,13 +35,8 @@ struct Args {
     /// Trajectories stored for 2-D problems (for the plots).
     #[arg(long)]
     paths: Option<usize>,
-    #[arg(long, default_value = "results/ot_gap.json")]
-    out: PathBuf,
-    #[arg(long)]
-    shard: Option<Shard>,
-    /// Start afresh instead of resuming from the units already in --out.
-    #[arg(long)]
-    fresh: bool,
+    #[command(flatten)]
+    sweep: SweepArgs,
 }
 
 fn main() {
@@ -57,15 +51,5 @@ fn main() {
         segments: args.segments.unwrap_or(main.segments),
         paths: args.paths.unwrap_or(main.paths),
     };
-    pfode::study::exit_on_error(
-        study::run(
-            &OtGap,
-            &config,
-            config.seed,
-            &args.out,
-            args.shard,
-            !args.fresh,
-        )
-        .map(|_| ()),
-    );
+    pfode::study::exit_on_error(args.sweep.run(&OtGap, &config, config.seed).map(|_| ()));
 }

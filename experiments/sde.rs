@@ -1,11 +1,10 @@
 //! The stochastic-sampler study: `sde [--problems ..] [--samplers ..] [--odes ..] [--steps ..]
-//! [--paths N] [--samples N] [--seed S] [--out FILE] [--shard i/n] [--fresh]`.
+//! [--paths N] [--samples N] [--seed S] [--out FILE] [--shard i/n] [--resume]`.
 //! Defaults are `Config::main`. See `sde --help` and `pfode::study::sde`.
 
 use clap::Parser;
 use pfode::study::sde::{Config, Sde};
-use pfode::study::{self, Shard};
-use std::path::PathBuf;
+use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
 Defaults: --problems gauss4,ring2d,aniso16 on vp-linear from t = 1 to 1e-3 (logsnr grids),
@@ -17,7 +16,7 @@ Writes one JSON document (kind \"sde\"): per (problem, solver, steps) the NFE, t
 against the same solver on a 16x finer grid and the same Brownian path, the weak errors of the
 mean and the second moments (exact on gauss4, with KL and W2 of the output law; Monte Carlo with
 its noise floor otherwise), the Fokker-Planck points, and the fitted orders. `plot` and `table`
-read it. Resume (--fresh to start over), --shard and `merge` work as for `convergence`.
+read it. --resume, --shard and `merge` work as for `convergence`.
 Errors: one line on stderr, exit status 2.";
 
 #[derive(Parser)]
@@ -40,13 +39,8 @@ struct Args {
     samples: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, default_value = "results/sde.json")]
-    out: PathBuf,
-    #[arg(long)]
-    shard: Option<Shard>,
-    /// Start afresh instead of resuming from the units already in --out.
-    #[arg(long)]
-    fresh: bool,
+    #[command(flatten)]
+    sweep: SweepArgs,
 }
 
 fn main() {
@@ -63,15 +57,5 @@ fn main() {
         seed: args.seed.unwrap_or(main.seed),
         ..main
     };
-    pfode::study::exit_on_error(
-        study::run(
-            &Sde,
-            &config,
-            config.seed,
-            &args.out,
-            args.shard,
-            !args.fresh,
-        )
-        .map(|_| ()),
-    );
+    pfode::study::exit_on_error(args.sweep.run(&Sde, &config, config.seed).map(|_| ()));
 }

@@ -20,28 +20,47 @@ impl fmt::Display for Location {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// The error type. Its message is always one line: a line break or other control character that
+/// input carried into it (a file name, a spec string, a parser's report) is written escaped.
+#[derive(Debug)]
 pub enum Error {
     /// Malformed or invalid content of an input (a problem file, an in-memory mixture, ...).
-    #[error("{at}: {reason}")]
     Invalid { at: Location, reason: String },
     /// A file could not be read or written.
-    #[error("{path}: {reason}")]
     Io { path: String, reason: String },
     /// A bad `name:key=value,...` spec (schedule, grid, solver).
-    #[error("{what} '{spec}': {reason}")]
     Spec {
         what: &'static str,
         spec: String,
         reason: String,
     },
     /// Arrays whose shapes do not fit together.
-    #[error("dimension mismatch: {0}")]
     Dimension(String),
     /// A value outside the domain where it is defined (time outside a schedule's range, ...).
-    #[error("{0}")]
     Domain(String),
 }
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Error::Invalid { at, reason } => format!("{at}: {reason}"),
+            Error::Io { path, reason } => format!("{path}: {reason}"),
+            Error::Spec { what, spec, reason } => format!("{what} '{spec}': {reason}"),
+            Error::Dimension(m) => format!("dimension mismatch: {m}"),
+            Error::Domain(m) => m.clone(),
+        };
+        for c in text.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
 
 impl Error {
     pub fn invalid(

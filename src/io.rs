@@ -265,8 +265,11 @@ pub fn npy_from_bytes(bytes: &[u8], source: &str) -> Result<ndarray::Array2<f64>
             bytes.len() - prefix
         )));
     }
-    let header = Header::from_reader(&mut &bytes[..data_start])
-        .map_err(|e| bad(format!("malformed .npy header: {e}")))?;
+    let header = Header::from_reader(&mut &bytes[..data_start]).map_err(|e| {
+        let e = e.to_string();
+        let first = e.lines().next().unwrap_or("").trim_end_matches([':', ' ']);
+        bad(format!("malformed .npy header: {first}"))
+    })?;
     let shape = &header.shape;
     let shape_text = match shape.len() {
         1 => format!("({},)", shape[0]),

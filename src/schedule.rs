@@ -542,6 +542,12 @@ pub fn parse(text: &str) -> Result<Box<dyn Schedule>> {
             if !(start > 0.0 && end > start && end < 1.0 && steps >= 2) {
                 return Err(spec.error("need 0 < beta_start < beta_end < 1 and steps >= 2"));
             }
+            if steps > crate::limits::MAX_STEPS {
+                return Err(spec.error(format!(
+                    "option 'steps': {steps} exceeds the limit of {} steps",
+                    crate::limits::MAX_STEPS
+                )));
+            }
             Box::new(Vp(VpDiscrete::new(betas, start, end, steps)))
         }
         "ve" => {

@@ -38,7 +38,7 @@ pub struct Ancestral {
 }
 
 fn build(spec: &mut Spec, env: &Env, order: usize) -> Result<Box<dyn Solver>> {
-    let (eta, s_noise) = parse_eta(spec, 1.0, f64::MAX)?;
+    let (eta, s_noise) = parse_eta(spec, 1.0, f64::INFINITY)?;
     Ok(Box::new(Ancestral {
         order,
         eta,

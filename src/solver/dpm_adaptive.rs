@@ -14,7 +14,7 @@
 //!   lambda; t = min(lambda_end, lambda_s + h).
 //!
 //! Options: `order` 2|3 (default 3), `prediction` noise|data (default noise), `type`,
-//! `rtol` 0.05, `atol` 0.0078, `h_init` 0.05, `theta` 0.9, `t_err` 1e-5. The grid supplies only
+//! `rtol` 0.05, `atol` 0.0078, `h_init` 0.05, `theta` 0.9 (in (0, 1)), `t_err` 1e-5. The grid supplies only
 //! its end points, which must have sigma > 0. Order: the tolerance, not a step count, sets the
 //! error, so it takes no part in the order tests.
 
@@ -59,11 +59,12 @@ pub const ENTRY: Entry = Entry {
             && rtol + atol > 0.0
             && h_init > 0.0
             && theta > 0.0
+            && theta < 1.0
             && t_err > 0.0)
         {
-            return Err(
-                spec.error("need rtol, atol >= 0 (not both 0) and h_init, theta, t_err > 0")
-            );
+            return Err(spec.error(format!(
+                "need rtol, atol >= 0 (not both 0), h_init, t_err > 0 and 0 < theta < 1 (the step safety factor), got rtol = {rtol}, atol = {atol}, h_init = {h_init}, theta = {theta}, t_err = {t_err}"
+            )));
         }
         Ok(Box::new(DpmAdaptive {
             order,

@@ -33,7 +33,7 @@ pub const ENTRY: Entry = Entry {
     name: "euler-maruyama",
     summary: "Euler-Maruyama on the reverse SDE; eta interpolates PF-ODE (0) to reverse SDE (1)",
     build: |spec, env| {
-        let (eta, s_noise) = parse_eta(spec, 1.0, f64::MAX)?;
+        let (eta, s_noise) = parse_eta(spec, 1.0, f64::INFINITY)?;
         Ok(Box::new(EulerMaruyama {
             eta,
             s_noise,

@@ -115,11 +115,15 @@ pub fn ancestral(rho_s: f64, rho_t: f64, eta: f64) -> (f64, f64) {
     ((rho_t * rho_t - up * up).sqrt(), up)
 }
 
-/// The `eta` option (>= 0) and k-diffusion's `s_noise` (default 1).
+/// The `eta` option, in [0, max] (`max` may be infinite), and k-diffusion's `s_noise` (default 1).
 pub fn parse_eta(spec: &mut Spec, default: f64, max: f64) -> Result<(f64, f64)> {
     let eta = spec.take_f64("eta", default)?;
     if !(0.0..=max).contains(&eta) {
-        return Err(spec.error(format!("option 'eta': {eta} is not in [0, {max}]")));
+        let range = match max.is_finite() {
+            true => format!("[0, {max}]"),
+            false => "[0, inf)".into(),
+        };
+        return Err(spec.error(format!("option 'eta': {eta} is not in {range}")));
     }
     Ok((eta, parse_s_noise(spec)?))
 }

@@ -49,7 +49,7 @@ fn build(spec: &mut Spec, env: &Env, order: Option<usize>) -> Result<Box<dyn Sol
         lower_order_final: spec.take("lower_order_final", false)?,
         singlestep_warmup: false,
     };
-    let (eta, s_noise) = parse_eta(spec, 1.0, f64::MAX)?;
+    let (eta, s_noise) = parse_eta(spec, 1.0, f64::INFINITY)?;
     Ok(Box::new(SdeDpmSolverPp {
         ty,
         ms,

@@ -24,12 +24,15 @@
 //! lambda step of the grid) per solver, and of `err_median` against NFE, above the group's `floor` (1e-12 x scale for the closed
 //! form, 1e-10 x scale for the reference solver).
 
-use super::{seed_for, step_counts, GroupCache, Keyed, Study, Unit};
+use super::{
+    bad_option, check_nfe_targets, require_nonempty, seed_for, step_counts, GroupCache, Keyed,
+    Study, Unit,
+};
 use crate::error::{Error, Result};
 use crate::gaussian_flow::GaussianFlow;
 use crate::gmm::GaussianMixture;
 use crate::grid::Grid;
-use crate::metrics::distribution::{self, Estimate};
+use crate::metrics::distribution::{self, Estimate, MAX_ASSIGNMENT};
 use crate::metrics::{empirical_order, sample_error, GaussianLaw, OrderFit};
 use crate::problems;
 use crate::schedule::{self, Schedule};
@@ -243,6 +246,15 @@ pub fn range(s: &dyn Schedule) -> (f64, f64) {
     (start, s.t_min().max(1e-3))
 }
 
+/// The grids a sweep refines by step count over a schedule's [`range`] (not `file`).
+pub const SWEEP_GRIDS: [&str; 5] = [
+    "time-uniform",
+    "time-quadratic",
+    "logsnr",
+    "karras",
+    "exponential",
+];
+
 /// The spec of grid `name` with `steps` steps over the schedule's [`range`].
 pub fn grid_spec(name: &str, steps: usize, s: &dyn Schedule) -> String {
     let (a, b) = range(s);
@@ -402,9 +414,55 @@ impl Study for Convergence {
     type Summary = Summary;
 
     fn units(config: &Config) -> Result<Vec<Unit>> {
+        let kind = Self::KIND;
+        require_nonempty(
+            kind,
+            &[
+                ("problems", config.problems.len()),
+                ("schedules", config.schedules.len()),
+                ("grids", config.grids.len()),
+                ("solver", config.solvers.len()),
+            ],
+        )?;
+        check_nfe_targets(kind, &config.nfe)?;
+        let min_samples = if config.distribution { 2 } else { 1 };
+        if config.samples < min_samples {
+            return Err(bad_option(
+                kind,
+                "samples",
+                format!("{} is too few: need at least {min_samples} (2 for the distribution metrics, 1 with --no-distribution)", config.samples),
+            ));
+        }
+        if config.distribution && config.samples > MAX_ASSIGNMENT {
+            return Err(bad_option(
+                kind,
+                "samples",
+                format!("{} exceeds {MAX_ASSIGNMENT}, the limit of the exact assignment behind w2_emp; add --no-distribution", config.samples),
+            ));
+        }
+        if let Some(g) = config
+            .grids
+            .iter()
+            .find(|g| !SWEEP_GRIDS.contains(&g.as_str()))
+        {
+            return Err(bad_option(
+                kind,
+                "grids",
+                format!(
+                    "'{g}' is not a grid that a sweep can refine (valid: {})",
+                    SWEEP_GRIDS.join(", ")
+                ),
+            ));
+        }
         let mut units = Vec::new();
         for p in &config.problems {
-            problems::load(p)?;
+            let mixture = problems::load(p)?;
+            crate::limits::elements(
+                kind,
+                "samples",
+                config.samples,
+                crate::Oracle::dim(&mixture),
+            )?;
             for sched in &config.schedules {
                 let schedule = schedule::parse(sched)?;
                 for g in &config.grids {

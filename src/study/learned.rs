@@ -20,7 +20,10 @@
 //!   stays below `net_error`: beyond it, more steps buy nothing the network can deliver.
 
 use super::convergence::{grid_spec, range};
-use super::{seed_for, step_counts, GroupCache, Keyed, Study, Unit};
+use super::{
+    bad_option, check_nfe_targets, require_nonempty, seed_for, step_counts, GroupCache, Keyed,
+    Study, Unit,
+};
 use crate::error::{Error, Result};
 use crate::grid::Grid;
 use crate::metrics::distribution::{entropy, nll};
@@ -328,6 +331,40 @@ impl Study for Learned {
     type Summary = Summary;
 
     fn units(config: &Config) -> Result<Vec<Unit>> {
+        let kind = Self::KIND;
+        require_nonempty(
+            kind,
+            &[
+                ("nets", config.nets.len()),
+                ("solvers", config.solvers.len()),
+            ],
+        )?;
+        check_nfe_targets(kind, &config.nfe)?;
+        if config.samples < 2 {
+            return Err(bad_option(
+                kind,
+                "samples",
+                format!("{} is too few: need at least 2", config.samples),
+            ));
+        }
+        if config.trajectory_steps == 0 || config.trajectory_steps > crate::limits::MAX_STEPS {
+            return Err(bad_option(
+                kind,
+                "trajectory_steps",
+                format!(
+                    "{} is not in 1..={}",
+                    config.trajectory_steps,
+                    crate::limits::MAX_STEPS
+                ),
+            ));
+        }
+        if !(config.reference_tol > 0.0 && config.reference_tol < 1.0) {
+            return Err(bad_option(
+                kind,
+                "reference_tol",
+                format!("{} is not in (0, 1)", config.reference_tol),
+            ));
+        }
         let mut units = Vec::new();
         for net in &config.nets {
             for solver in

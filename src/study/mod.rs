@@ -8,9 +8,10 @@
 //! the points on every write.
 //!
 //! - **Atomic**: every write is a temporary file renamed over the output.
-//! - **Resumable**: a unit whose points are already in the output is skipped; the output is
-//!   rewritten at least every 10 seconds while a sweep runs, so an interrupted sweep loses at
-//!   most the units in flight. A file made with a different config is an error, not overwritten.
+//! - **Resumable**: every sweep starts afresh unless `--resume`; with it, a unit whose points are
+//!   already in the output is skipped. The output is rewritten at least every 10 seconds while a
+//!   sweep runs, so an interrupted sweep loses at most the units in flight. Resuming from a file
+//!   made with a different config is an error, and the file is not overwritten.
 //! - **Shardable**: `--shard i/n` runs the units whose index j in the canonical order has
 //!   j mod n = i - 1; [`merge`] joins shard files into the document a single run would write.
 //! - **Deterministic**: each unit's numbers depend only on the config and seed, and points are
@@ -312,8 +313,47 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// The options every sweep binary shares (`#[command(flatten)]`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// The results file [default: results/KIND.json].
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Run only shard i of n (1 <= i <= n); `merge` joins the shard files.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Keep the units already in --out (written with the same config) and run only the rest;
+    /// without it a run starts afresh and replaces --out.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl SweepArgs {
+    /// The results file: --out, or `results/KIND.json`.
+    pub fn out<S: Study>(&self) -> std::path::PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| format!("results/{}.json", S::KIND).into())
+    }
+
+    /// Runs `study` with these options ([`run`]).
+    pub fn run<S: Study>(&self, study: &S, config: &S::Config, seed: u64) -> Result<Doc<S>> {
+        run(
+            study,
+            config,
+            seed,
+            &self.out::<S>(),
+            self.shard,
+            self.resume,
+        )
+    }
+}
+
 /// Runs the units of `shard` and writes the document to `out`; with `resume`, the units already
-/// in `out` are kept and skipped.
+/// in `out` are kept and skipped (their provenance is listed under `merged_from`), and one line
+/// on stderr says how many; without it the run starts afresh. The document is checkpointed into
+/// `out` every 10 s, so that an interrupted run can be resumed. A run that produces no point at
+/// all is an error and writes nothing.
 pub fn run<S: Study>(
     study: &S,
     config: &S::Config,
@@ -331,15 +371,18 @@ pub fn run<S: Study>(
         .collect();
     let source = out.display().to_string();
     let mut done = HashMap::new();
+    let mut earlier = Vec::new();
     if resume && out.exists() {
         let old = read::<S>(out)?;
         if old.config != *config {
             return Err(Error::invalid(
                 source,
                 Some("config".into()),
-                "was written with a different configuration; choose another --out or remove the file to start afresh",
+                "was written with a different configuration; choose another --out, or run without --resume to start afresh",
             ));
         }
+        earlier.push(old.provenance.clone());
+        earlier.extend(old.merged_from.iter().cloned());
         done = finished::<S>(old, &units, &source)?;
     }
     let pending: Vec<&Unit> = mine
@@ -347,6 +390,19 @@ pub fn run<S: Study>(
         .filter(|u| !done.contains_key(&u.key))
         .cloned()
         .collect();
+    if resume {
+        match out.exists() {
+            true => eprintln!(
+                "resuming {} of {} units from {source}",
+                mine.len() - pending.len(),
+                mine.len()
+            ),
+            false => eprintln!(
+                "--resume: {source} does not exist; running all {} units",
+                mine.len()
+            ),
+        }
+    }
     let provenance = Provenance::now(seed);
     let shard_text = shard.map(|s| s.to_string());
     let bar = progress(mine.len() as u64, S::KIND);
@@ -364,9 +420,11 @@ pub fn run<S: Study>(
                 &guard.0,
                 provenance.clone(),
                 shard_text.clone(),
-                vec![],
+                earlier.clone(),
             );
-            write(out, &doc)?;
+            if !doc.points.is_empty() {
+                write(out, &doc)?;
+            }
             guard.1 = Instant::now();
         }
         Ok(())
@@ -378,7 +436,13 @@ pub fn run<S: Study>(
     }
     bar.finish_and_clear();
     let (done, _) = state.into_inner().expect("lock");
-    let doc = assemble::<S>(config, &units, &done, provenance, shard_text, vec![]);
+    let doc = assemble::<S>(config, &units, &done, provenance, shard_text, earlier);
+    if doc.points.is_empty() {
+        return Err(Error::Domain(format!(
+            "{}: no unit produced a point (is every NFE target below the NFE of one step?); {source} not written",
+            S::KIND
+        )));
+    }
     write(out, &doc)?;
     Ok(doc)
 }
@@ -427,6 +491,35 @@ pub fn merge<S: Study>(inputs: &[&Path], out: &Path) -> Result<Doc<S>> {
     let doc = assemble::<S>(&config, &units, &all, Provenance::now(seed), None, sources);
     write(out, &doc)?;
     Ok(doc)
+}
+
+/// An error in option `option` of a study's config (named as on the command line).
+pub fn bad_option(kind: &str, option: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Domain(format!("{kind}: --{}: {reason}", option.replace('_', "-")))
+}
+
+/// Checks the lists of a study's config: each must be non-empty.
+pub fn require_nonempty(kind: &str, lists: &[(&str, usize)]) -> Result<()> {
+    match lists.iter().find(|(_, n)| *n == 0) {
+        Some((option, _)) => Err(bad_option(kind, option, "the list is empty")),
+        None => Ok(()),
+    }
+}
+
+/// Checks a sweep's NFE targets: each in 1..=[`crate::limits::MAX_NFE`].
+pub fn check_nfe_targets(kind: &str, targets: &[usize]) -> Result<()> {
+    require_nonempty(kind, &[("nfe", targets.len())])?;
+    match targets
+        .iter()
+        .find(|&&n| n == 0 || n > crate::limits::MAX_NFE)
+    {
+        Some(n) => Err(bad_option(
+            kind,
+            "nfe",
+            format!("target {n} is not in 1..={}", crate::limits::MAX_NFE),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Groups values by a key, keeping first-appearance order.
@@ -516,7 +609,8 @@ impl<T> GroupCache<T> {
 }
 
 /// The step counts of a fixed-NFE sweep as (target, steps): for each NFE target in order, the
-/// largest step count (at most the target) whose exact NFE `nfe(steps)` fits; a count is run
+/// largest step count (at most the target) whose exact NFE `nfe(steps)` fits (found by
+/// bisection: `nfe` must not decrease with the step count); a count is run
 /// once, under the first target that reaches it, and a target below the NFE of one step is
 /// skipped.
 pub fn step_counts(
@@ -525,10 +619,17 @@ pub fn step_counts(
 ) -> Result<Vec<(usize, usize)>> {
     let mut counts: Vec<(usize, usize)> = Vec::new();
     for &target in targets {
-        let mut steps = 0;
-        while steps < target && nfe(steps + 1)? <= target {
-            steps += 1;
+        // nfe(steps) does not decrease with steps, so bisect for the last count that fits.
+        let (mut lo, mut hi) = (0, target);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if nfe(mid)? <= target {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
         }
+        let steps = lo;
         if steps > 0 && counts.last().is_none_or(|&(_, last)| last != steps) {
             counts.push((target, steps));
         }

@@ -17,9 +17,10 @@
 //! Orders are fitted vs NFE ([`crate::metrics::empirical_order`]) on points above 3 standard
 //! errors and above [`FLOOR`].
 
-use super::{seed_for, Keyed, Study, Unit};
+use super::{bad_option, require_nonempty, seed_for, Keyed, Study, Unit};
 use crate::error::Result;
 use crate::grid::Grid;
+use crate::limits::MAX_STEPS;
 use crate::metrics::distribution::nll;
 use crate::metrics::sde::{moments, strong, weak, weak_mc};
 use crate::metrics::{empirical_order, Estimate, GaussianLaw, OrderFit};
@@ -322,6 +323,52 @@ impl Study for Sde {
     type Summary = Summary;
 
     fn units(config: &Config) -> Result<Vec<Unit>> {
+        let kind = Self::KIND;
+        require_nonempty(
+            kind,
+            &[
+                ("problems", config.problems.len() + config.fp_problems.len()),
+                ("steps", config.steps.len()),
+            ],
+        )?;
+        let finest = config.steps.iter().max().copied().unwrap_or(0);
+        if config.steps.contains(&0) || config.refine < 2 {
+            return Err(bad_option(
+                kind,
+                "steps",
+                "need every step count >= 1 and --refine >= 2",
+            ));
+        }
+        if finest.saturating_mul(config.refine) > MAX_STEPS || config.fp_steps > MAX_STEPS {
+            return Err(bad_option(
+                kind,
+                "steps",
+                format!("the largest step count times --refine ({finest} x {}) or the Fokker-Planck steps exceed the limit of {MAX_STEPS} steps", config.refine),
+            ));
+        }
+        for (option, n) in [
+            ("paths", config.paths),
+            ("samples", config.samples),
+            ("fp_samples", config.fp_samples),
+        ] {
+            if n < 2 {
+                return Err(bad_option(
+                    kind,
+                    option,
+                    format!("{n} is too few: need at least 2"),
+                ));
+            }
+        }
+        for p in config.problems.iter().chain(&config.fp_problems) {
+            let d = problems::load(p)?.dim();
+            for (option, n) in [
+                ("paths", config.paths),
+                ("samples", config.samples),
+                ("fp_samples", config.fp_samples),
+            ] {
+                crate::limits::elements(kind, option, n, d)?;
+            }
+        }
         let mut units = Vec::new();
         for p in &config.problems {
             for spec in config.samplers.iter().chain(&config.odes) {
