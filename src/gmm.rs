@@ -470,6 +470,38 @@ impl GaussianMixture {
     pub fn spec(&self) -> &MixtureSpec {
         &self.spec
     }
+
+    /// The marginal law of coordinates `coords` (in that order): the mixture of the
+    /// sub-vectors of the means and the sub-blocks of the covariances, exact.
+    pub fn marginal(&self, coords: &[usize]) -> Result<Self> {
+        let d = self.dim();
+        if coords.is_empty() || coords.iter().any(|&c| c >= d) {
+            return Err(Error::Dimension(format!(
+                "marginal coordinates {coords:?} of a {d}-dimensional mixture"
+            )));
+        }
+        let spec = MixtureSpec {
+            weights: self.spec.weights.clone(),
+            means: self
+                .spec
+                .means
+                .iter()
+                .map(|m| coords.iter().map(|&i| m[i]).collect())
+                .collect(),
+            covs: self
+                .spec
+                .covs
+                .iter()
+                .map(|c| {
+                    coords
+                        .iter()
+                        .map(|&i| coords.iter().map(|&j| c[i][j]).collect())
+                        .collect()
+                })
+                .collect(),
+        };
+        Self::new(spec, &format!("marginal {coords:?}"))
+    }
     pub fn n_components(&self) -> usize {
         self.spec.weights.len()
     }

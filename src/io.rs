@@ -134,10 +134,11 @@ fn identity(path: &Path) -> PathBuf {
             existing = c;
             break;
         }
-        match (existing.file_name(), existing.parent()) {
-            (Some(name), Some(parent)) => {
-                rest.push(name.to_os_string());
-                existing = parent.to_path_buf();
+        let mut parts = existing.components();
+        match parts.next_back() {
+            Some(last @ (Component::Normal(_) | Component::CurDir | Component::ParentDir)) => {
+                rest.push(last.as_os_str().to_os_string());
+                existing = parts.as_path().to_path_buf();
             }
             _ => break,
         }

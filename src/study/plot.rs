@@ -83,13 +83,17 @@ macro_rules! render {
 }
 
 fn footer<DB: DrawingBackend>(area: &Area<DB>, p: &Provenance) -> Result<Area<DB>> {
-    let (w, h) = area.dim_in_pixel();
-    let (main, foot) = area.split_vertically(h - 18);
     let rev: String = p.git_revision.chars().take(12).collect();
     let text = format!(
         "pfode {} @ {rev} | {} | seed {}",
         p.pfode_version, p.command, p.seed
     );
+    footer_text(area, text)
+}
+
+fn footer_text<DB: DrawingBackend>(area: &Area<DB>, text: String) -> Result<Area<DB>> {
+    let (w, h) = area.dim_in_pixel();
+    let (main, foot) = area.split_vertically(h - 18);
     foot.draw(&Text::new(
         text,
         (6, 2),
@@ -404,11 +408,14 @@ pub fn convergence(doc: &Doc<Convergence>, dir: &Path, metric: &str) -> Result<V
     Ok(out)
 }
 
+/// The density of a 2-D mixture at (alpha, sigma) at the centres of an n x n grid of cells over
+/// `xr` x `yr` (entry (j, i): row j in y, column i in x).
 fn density(
     mixture: &GaussianMixture,
     alpha: f64,
     sigma: f64,
-    r: f64,
+    xr: std::ops::Range<f64>,
+    yr: std::ops::Range<f64>,
     n: usize,
 ) -> Result<Array2<f64>> {
     let at = crate::schedule::NoiseLevel {
@@ -419,16 +426,56 @@ fn density(
         dsigma: 0.0,
         sigma_dsigma: 0.0,
     };
-    let c = |i: usize| -r + 2.0 * r * (i as f64 + 0.5) / n as f64;
-    let x = Array2::from_shape_fn(
-        (n * n, 2),
-        |(k, j)| if j == 0 { c(k % n) } else { c(k / n) },
-    );
+    let c = |r: &std::ops::Range<f64>, i: usize| {
+        r.start + (r.end - r.start) * (i as f64 + 0.5) / n as f64
+    };
+    let x = Array2::from_shape_fn((n * n, 2), |(k, j)| {
+        if j == 0 {
+            c(&xr, k % n)
+        } else {
+            c(&yr, k / n)
+        }
+    });
     let lp = mixture.log_density(x.view(), &at)?;
     Ok(lp
         .into_shape_with_order((n, n))
         .map_err(err)?
         .mapv(f64::exp))
+}
+
+/// A density on the cells of `xr` x `yr` as six shaded bands of sqrt(density / max), one
+/// rectangle per run of equal band in a row (filled contours).
+fn density_bands(
+    dens: &Array2<f64>,
+    xr: std::ops::Range<f64>,
+    yr: std::ops::Range<f64>,
+) -> Vec<Rectangle<(f64, f64)>> {
+    let (ny, nx) = dens.dim();
+    let dmax = dens.iter().cloned().fold(0.0, f64::max);
+    let (cx, cy) = (
+        (xr.end - xr.start) / nx as f64,
+        (yr.end - yr.start) / ny as f64,
+    );
+    let band = |i: usize, j: usize| ((dens[(j, i)] / dmax).sqrt() * 6.0).floor() as u32;
+    let mut rects = Vec::new();
+    for j in 0..ny {
+        let mut i = 0;
+        while i < nx {
+            let (b, start) = (band(i, j), i);
+            while i < nx && band(i, j) == b {
+                i += 1;
+            }
+            if b > 0 {
+                let shade = (255.0 * (1.0 - 0.55 * b.min(6) as f64 / 6.0)) as u8;
+                let (x, y) = (xr.start + start as f64 * cx, yr.start + j as f64 * cy);
+                rects.push(Rectangle::new(
+                    [(x, y), (x + (i - start) as f64 * cx, y + cy)],
+                    RGBColor(shade, shade, 255).filled(),
+                ));
+            }
+        }
+    }
+    rects
 }
 
 /// The figures of an ot_gap results file.
@@ -545,38 +592,17 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
                         .fold(0.0, f64::max)
                         .max(4.5 * alpha + 2.0 * sigma)
                         * 1.15;
-                    let n = 90;
-                    let dens = density(&mixture, alpha, sigma, radius, n)?;
-                    let dmax = dens.iter().cloned().fold(0.0, f64::max);
+                    let dens =
+                        density(&mixture, alpha, sigma, -radius..radius, -radius..radius, 90)?;
                     let title = format!("{}: t = {t:.3}, sigma/alpha = {:.2}", p.schedule, rho[k]);
                     let mut chart = ChartBuilder::on(&panels[r * levels.len() + c])
                         .caption(title, ("sans-serif", 12))
                         .margin(4)
                         .build_cartesian_2d(-radius..radius, -radius..radius)
                         .map_err(err)?;
-                    let cell = 2.0 * radius / n as f64;
-                    let band =
-                        |i: usize, j: usize| ((dens[(j, i)] / dmax).sqrt() * 6.0).floor() as u32;
-                    let mut rects = Vec::new();
-                    for j in 0..n {
-                        let mut i = 0;
-                        while i < n {
-                            let (b, start) = (band(i, j), i);
-                            while i < n && band(i, j) == b {
-                                i += 1;
-                            }
-                            if b > 0 {
-                                let shade = (255.0 * (1.0 - 0.55 * b.min(6) as f64 / 6.0)) as u8;
-                                let (x, y) =
-                                    (-radius + start as f64 * cell, -radius + j as f64 * cell);
-                                rects.push(Rectangle::new(
-                                    [(x, y), (x + (i - start) as f64 * cell, y + cell)],
-                                    RGBColor(shade, shade, 255).filled(),
-                                ));
-                            }
-                        }
-                    }
-                    chart.draw_series(rects).map_err(err)?;
+                    chart
+                        .draw_series(density_bands(&dens, -radius..radius, -radius..radius))
+                        .map_err(err)?;
                     for path in &tr.paths {
                         let inside = |q: &[f64; 2]| q[0].abs().max(q[1].abs()) < radius;
                         let first = (0..=k)
@@ -931,6 +957,115 @@ pub fn train_log(log: &serde_json::Value, source: &Path, dir: &Path) -> Result<V
             ("step", "excess loss"),
             &series,
         )?;
+    });
+    Ok(out)
+}
+
+/// The law drawn beneath a samples plot: a mixture at (alpha, sigma), described by `label`.
+pub struct Backdrop<'a> {
+    pub mixture: &'a GaussianMixture,
+    pub alpha: f64,
+    pub sigma: f64,
+    pub label: String,
+}
+
+/// The rows of a samples plot: at most this many points are drawn (the first ones).
+pub const MAX_SCATTER: usize = 20_000;
+
+/// Scatter plots of an (N, d) array of samples, `stem.png` and `stem.svg`: the plane for d = 2,
+/// else one panel per pair (i, j), i < j, of the coordinates `dims`. With a backdrop, each
+/// panel shades the exact density of that pair's marginal (filled contours, as the ot_gap
+/// trajectories). Axes span the 0.1% to 99.9% quantiles of the samples (and of the backdrop's
+/// draws), widened by 10%.
+pub fn samples(
+    x: ndarray::ArrayView2<f64>,
+    source: &str,
+    backdrop: Option<&Backdrop>,
+    dims: &[usize],
+    stem: &Path,
+) -> Result<Vec<PathBuf>> {
+    fonts();
+    let d = x.ncols();
+    if x.nrows() == 0 || dims.len() < 2 || dims.iter().any(|&i| i >= d) {
+        return Err(Error::Domain(format!(
+            "plot: need at least one sample and two coordinates below d = {d}, got {} rows and coordinates {dims:?}",
+            x.nrows()
+        )));
+    }
+    let shown = x.nrows().min(MAX_SCATTER);
+    let reference = backdrop.map(|b| b.mixture.sample(4000, b.alpha, b.sigma, 7));
+    let span = |i: usize| -> std::ops::Range<f64> {
+        let mut v: Vec<f64> = x.column(i).iter().copied().collect();
+        if let Some(r) = &reference {
+            v.extend(r.column(i).iter().copied());
+        }
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        let (lo, hi) = (q(0.001), q(0.999));
+        let pad = ((hi - lo) * 0.1).max(1e-9);
+        lo - pad..hi + pad
+    };
+    let pairs: Vec<(usize, usize)> = dims
+        .iter()
+        .enumerate()
+        .flat_map(|(a, &i)| dims[a + 1..].iter().map(move |&j| (i, j)))
+        .collect();
+    let cols = pairs.len().min(3);
+    let rows = pairs.len().div_ceil(cols);
+    let size = (400 * cols as u32, 400 * rows as u32 + 18);
+    let caption = match backdrop {
+        Some(b) => format!(" over {}", b.label),
+        None => String::new(),
+    };
+    let foot = format!(
+        "pfode {} @ {} | {} | {shown} of {} samples{caption}",
+        env!("CARGO_PKG_VERSION"),
+        crate::io::git_revision()
+            .chars()
+            .take(12)
+            .collect::<String>(),
+        source,
+        x.nrows()
+    );
+    let mut out = Vec::new();
+    render!(stem, size, out, |root| {
+        let main = footer_text(&root, foot.clone())?;
+        let panels = main.split_evenly((rows, cols));
+        for (&(i, j), panel) in pairs.iter().zip(panels.iter()) {
+            let (xr, yr) = (span(i), span(j));
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("x[{j}] vs x[{i}]"), ("sans-serif", 13))
+                .margin(6)
+                .x_label_area_size(24)
+                .y_label_area_size(40)
+                .build_cartesian_2d(xr.clone(), yr.clone())
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .label_style(("sans-serif", 10))
+                .draw()
+                .map_err(err)?;
+            if let Some(b) = backdrop {
+                let m = b.mixture.marginal(&[i, j])?;
+                let dens = density(&m, b.alpha, b.sigma, xr.clone(), yr.clone(), 90)?;
+                chart
+                    .draw_series(density_bands(&dens, xr.clone(), yr.clone()))
+                    .map_err(err)?;
+            }
+            let inside = |p: &(f64, f64)| xr.contains(&p.0) && yr.contains(&p.1);
+            let points: Vec<(f64, f64)> = (0..shown)
+                .map(|r| (x[(r, i)], x[(r, j)]))
+                .filter(inside)
+                .collect();
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 1, RGBColor(200, 60, 40).mix(0.5).filled())),
+                )
+                .map_err(err)?;
+        }
     });
     Ok(out)
 }
