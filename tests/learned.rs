@@ -39,7 +39,6 @@ fn small(net: &str, out: &str) -> Vec<String> {
         "4",
         "--reference-tol",
         "1e-9",
-        "--fresh",
         "--out",
         out,
     ]

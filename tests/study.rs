@@ -123,14 +123,29 @@ fn same_numbers_at_any_thread_count_with_shards_and_resume() {
     let last = points.last().unwrap()["unit"].clone();
     points.retain(|p| p["unit"] != last);
     std::fs::write(&partial, serde_json::to_string(&doc).unwrap()).unwrap();
-    let resumed = convergence(&partial, &[], 2);
+    let resumed = convergence(&partial, &["--resume"], 2);
+    let mut args: Vec<&str> = MINI.to_vec();
+    let pp = partial.display().to_string();
+    args.extend(["--out", &pp, "--resume"]);
+    let (code, _, err) = run("convergence", &args, 2);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("resuming 8 of 8 units from {pp}"),
+        "the resumed file is complete"
+    );
+    assert_eq!(
+        load(&partial)["merged_from"].as_array().unwrap().len(),
+        2,
+        "a resumed document lists the runs it was made from"
+    );
     assert_eq!(without_provenance(resumed), without_provenance(one.clone()));
 
-    // A file written with another config is not overwritten.
+    // Resuming from a file written with another config is an error, and the file stays.
     let before = std::fs::read_to_string(&partial).unwrap();
     let mut args: Vec<&str> = MINI.to_vec();
     let p = partial.display().to_string();
-    args.extend(["--out", &p, "--seed", "2"]);
+    args.extend(["--out", &p, "--seed", "2", "--resume"]);
     let (code, _, err) = run("convergence", &args, 2);
     assert_eq!(code, 2);
     assert!(err.contains("different configuration"), "{err}");
@@ -300,7 +315,7 @@ fn bad_input_is_one_line_exit_2_and_no_output() {
         (
             "convergence",
             vec!["--grids", "uniform", "--out", &o],
-            "unknown grid",
+            "not a grid that a sweep can refine",
         ),
         (
             "convergence",
