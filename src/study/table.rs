@@ -5,7 +5,8 @@
 //!   solver. The smallest error of each NFE column is in bold; orders are not ranked (a high
 //!   order with a wide interval is no better). A cell is empty where the solver cannot spend that
 //!   NFE exactly and a smaller target already ran the same step count; otherwise the NFE actually
-//!   used, when it differs, is given in brackets.
+//!   used, when it differs, is given in brackets. A last table says which solver wins most
+//!   groups at each NFE budget (the most refined run within the budget, RMS and median error).
 //! - `ot_gap`: per problem and schedule, the flow's coupling cost, the optimal assignment cost,
 //!   their relative gap, the closed-form W2^2 and the exact flow's coupling cost (single
 //!   Gaussians), straightness and path-length excess.
@@ -106,7 +107,76 @@ pub fn convergence(doc: &Doc<Convergence>) -> Vec<Table> {
             bold,
         });
     }
+    tables.push(budget(doc));
     tables
+}
+
+/// Which solver for which NFE budget: for each target n, over every (problem, schedule, grid)
+/// group, the solver whose most refined run with NFE <= n has the smallest RMS (and median)
+/// error; each cell names the two solvers that win most groups, with their counts.
+fn budget(doc: &Doc<Convergence>) -> Table {
+    let groups = group_by(&doc.points, |p| {
+        (p.problem.clone(), p.schedule.clone(), p.grid.clone())
+    });
+    let mut targets = doc.config.nfe.clone();
+    targets.sort_unstable();
+    targets.dedup();
+    type Metric = fn(&super::convergence::Point) -> f64;
+    let metrics: [Metric; 2] = [|p| p.err_rms, |p| p.err_median];
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|&n| {
+            let mut row = vec![n.to_string()];
+            for metric in metrics {
+                let mut wins: Vec<(String, usize)> = Vec::new();
+                for (_, pts) in &groups {
+                    let best = group_by(pts, |p| p.solver.clone())
+                        .into_iter()
+                        .filter_map(|(solver, spts)| {
+                            spts.iter()
+                                .filter(|p| p.nfe <= n)
+                                .max_by_key(|p| p.nfe)
+                                .map(|p| (solver, metric(p)))
+                        })
+                        .min_by(|a, b| a.1.total_cmp(&b.1));
+                    if let Some((solver, _)) = best {
+                        match wins.iter_mut().find(|(s, _)| *s == solver) {
+                            Some(w) => w.1 += 1,
+                            None => wins.push((solver, 1)),
+                        }
+                    }
+                }
+                wins.sort_by(|a, b| b.1.cmp(&a.1));
+                for k in 0..2 {
+                    row.push(
+                        wins.get(k)
+                            .map(|(s, c)| format!("{s} ({c})"))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            row
+        })
+        .collect();
+    let header: Vec<String> = [
+        "NFE budget",
+        "most wins, RMS error",
+        "second",
+        "most wins, median error",
+        "second",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Table {
+        title: format!(
+            "Which solver for which NFE budget: groups won of {} (problem x schedule x grid), by the most refined run within the budget",
+            groups.len()
+        ),
+        bold: vec![vec![false; header.len()]; rows.len()],
+        header,
+        rows,
+    }
 }
 
 /// The OT-gap table.
