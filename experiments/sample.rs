@@ -39,8 +39,8 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
             prior of a diffusion sampler). A file literally named prior is ./prior.
 --out       the (N, d) float64 .npy at the grid's last time (on a terminal, one line on stderr
             gives the NFE, the wall time and this path)
---record    JSON with problem or net, schedule, grid times, solver and every option (defaults
-            included), nfe, model_calls: [{t, alpha, sigma}] in evaluation order, the init (a file,
+--record    JSON with the command line, problem or net, schedule, grid times, solver and every
+            option (defaults included), nfe, model_calls: [{t, alpha, sigma}] in evaluation order, the init (a file,
             or prior/standard with n and seed), and the device used (cpu after a fall-back)
             beside the one requested; --out and --record must be distinct files
 
@@ -336,6 +336,7 @@ fn run(args: &Args) -> Result<()> {
             "n": x.nrows(),
             "pfode_version": env!("CARGO_PKG_VERSION"),
             "git_revision": io::git_revision(),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
         });
         outputs.set(slot, serde_json::to_vec_pretty(&record).expect("json"));
     }

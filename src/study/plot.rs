@@ -91,16 +91,19 @@ fn footer<DB: DrawingBackend>(area: &Area<DB>, p: &Provenance) -> Result<Area<DB
     footer_text(area, text)
 }
 
+/// Draws `text` (one or more lines) at the bottom of `area`, 18 px a line; returns the rest.
 fn footer_text<DB: DrawingBackend>(area: &Area<DB>, text: String) -> Result<Area<DB>> {
-    let (w, h) = area.dim_in_pixel();
-    let (main, foot) = area.split_vertically(h - 18);
-    foot.draw(&Text::new(
-        text,
-        (6, 2),
-        ("sans-serif", 11).into_font().color(&RGBColor(90, 90, 90)),
-    ))
-    .map_err(err)?;
-    let _ = w;
+    let (_, h) = area.dim_in_pixel();
+    let lines: Vec<&str> = text.lines().collect();
+    let (main, foot) = area.split_vertically(h - 18 * lines.len() as u32);
+    for (i, line) in lines.iter().enumerate() {
+        foot.draw(&Text::new(
+            line.to_string(),
+            (6, 2 + 18 * i as i32),
+            ("sans-serif", 11).into_font().color(&RGBColor(90, 90, 90)),
+        ))
+        .map_err(err)?;
+    }
     Ok(main)
 }
 
@@ -1012,19 +1015,20 @@ pub fn samples(
         .collect();
     let cols = pairs.len().min(3);
     let rows = pairs.len().div_ceil(cols);
-    let size = (400 * cols as u32, 400 * rows as u32 + 18);
+    let panel = if pairs.len() == 1 { 640 } else { 400 };
+    let size = (panel * cols as u32, panel * rows as u32 + 36);
     let caption = match backdrop {
         Some(b) => format!(" over {}", b.label),
         None => String::new(),
     };
     let foot = format!(
-        "pfode {} @ {} | {} | {shown} of {} samples{caption}",
+        "pfode {} @ {} | {}\n{shown} of {} samples of {source}{caption}",
         env!("CARGO_PKG_VERSION"),
         crate::io::git_revision()
             .chars()
             .take(12)
             .collect::<String>(),
-        source,
+        std::env::args().collect::<Vec<_>>().join(" "),
         x.nrows()
     );
     let mut out = Vec::new();
