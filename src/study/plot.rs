@@ -1052,7 +1052,7 @@ pub fn samples(
                 .map_err(err)?;
             if let Some(b) = backdrop {
                 let m = b.mixture.marginal(&[i, j])?;
-                let dens = density(&m, b.alpha, b.sigma, xr.clone(), yr.clone(), 90)?;
+                let dens = density(&m, b.alpha, b.sigma, xr.clone(), yr.clone(), 160)?;
                 chart
                     .draw_series(density_bands(&dens, xr.clone(), yr.clone()))
                     .map_err(err)?;
