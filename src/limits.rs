@@ -34,7 +34,7 @@ pub fn check_elements(source: &str, field: &str, n: usize) -> Result<()> {
 
 /// rows x cols, an error when the product overflows or exceeds [`MAX_ELEMENTS`].
 pub fn elements(source: &str, field: &str, rows: usize, cols: usize) -> Result<usize> {
-    let n = rows.checked_mul(cols).unwrap_or(usize::MAX);
+    let n = rows.saturating_mul(cols);
     check_elements(source, field, n)?;
     Ok(n)
 }

@@ -62,7 +62,7 @@ fn write_init(dir: &Path, rows: usize, cols: usize) -> String {
 /// An .npy file with `header` (a Python dict literal) and `data` after it.
 fn raw_npy(path: &Path, header: &str, data: &[u8]) {
     let mut h = header.to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
@@ -97,6 +97,8 @@ const RING: [&str; 6] = [
     "ddim",
 ];
 
+const NET: [&str; 4] = ["--grid", "logsnr:steps=4", "--solver", "ddim"];
+
 fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     base.iter().chain(extra).copied().collect()
 }
@@ -106,50 +108,21 @@ fn outputs_that_coincide_are_refused_and_nothing_is_lost() {
     let dir = scratch_dir("outputs");
     let init = write_init(&dir, 4, 2);
     let same = dir.join("same.npy");
-    let s = same.to_str().unwrap();
-    fails(
-        "sample",
-        &with(&RING, &["--init", &init, "--out", s, "--record", s]),
-        "is the same file as --out",
-    );
-    assert!(!same.exists());
-    // Through a symbolic link, and through a hard link to the input.
     let target = dir.join("target.json");
     std::fs::write(&target, "keep").unwrap();
-    let link = dir.join("link.npy");
+    let (link, hard) = (dir.join("link.npy"), dir.join("hard.npy"));
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    fails(
-        "sample",
-        &with(
-            &RING,
-            &[
-                "--init",
-                &init,
-                "--out",
-                link.to_str().unwrap(),
-                "--record",
-                target.to_str().unwrap(),
-            ],
-        ),
-        "is the same file",
-    );
-    let hard = dir.join("hard.npy");
     std::fs::hard_link(&target, &hard).unwrap();
-    fails(
-        "sample",
-        &with(
-            &RING,
-            &[
-                "--init",
-                &init,
-                "--out",
-                hard.to_str().unwrap(),
-                "--record",
-                target.to_str().unwrap(),
-            ],
-        ),
-        "is the same file",
-    );
+    // By name, through a symbolic link, and through a hard link.
+    for (out, record) in [(&same, &same), (&link, &target), (&hard, &target)] {
+        let (o, r) = (out.to_str().unwrap(), record.to_str().unwrap());
+        fails(
+            "sample",
+            &with(&RING, &["--init", &init, "--out", o, "--record", r]),
+            "is the same file as --out",
+        );
+    }
+    assert!(!same.exists());
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
 
     // A failed --record leaves an existing --out as it was, and names the option, not a temp file.
@@ -222,18 +195,7 @@ fn sizes_from_input_are_checked_before_allocating() {
     let deep = patched_net(&dir, "depth", "1000000000000");
     fails(
         "sample",
-        &[
-            "--net",
-            &deep,
-            "--grid",
-            "logsnr:steps=4",
-            "--solver",
-            "ddim",
-            "--init",
-            &init,
-            "--out",
-            o,
-        ],
+        &with(&NET, &["--net", &deep, "--init", &init, "--out", o]),
         "net_depth.safetensors: field `depth`",
     );
     for (grid, needle) in [
@@ -432,18 +394,7 @@ fn messages_name_the_input() {
     let bad = patched_net(&dir, "schedule", "vp-linear:beta9=1");
     fails(
         "sample",
-        &[
-            "--net",
-            &bad,
-            "--grid",
-            "logsnr:steps=4",
-            "--solver",
-            "ddim",
-            "--init",
-            &init,
-            "--out",
-            o,
-        ],
+        &with(&NET, &["--net", &bad, "--init", &init, "--out", o]),
         "net_schedule.safetensors: field `__metadata__.schedule`: schedule 'vp-linear:beta9=1'",
     );
     fails(

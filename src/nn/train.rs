@@ -331,7 +331,7 @@ pub fn train(
             "steps, batch, log_every and val_size must be >= 1".into(),
         ));
     }
-    if !(config.lr.is_finite() && config.lr > 0.0) || !(0.0..=1.0).contains(&config.lr_final) {
+    if !(config.lr.is_finite() && config.lr > 0.0 && (0.0..=1.0).contains(&config.lr_final)) {
         return Err(Error::Domain(format!(
             "need a finite lr > 0 and 0 <= lr_final <= 1, got lr = {} and lr_final = {}",
             config.lr, config.lr_final

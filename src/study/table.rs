@@ -146,7 +146,7 @@ fn budget(doc: &Doc<Convergence>) -> Table {
                         }
                     }
                 }
-                wins.sort_by(|a, b| b.1.cmp(&a.1));
+                wins.sort_by_key(|w| std::cmp::Reverse(w.1));
                 for k in 0..2 {
                     row.push(
                         wins.get(k)
