@@ -8,6 +8,7 @@ pub mod brownian;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+pub mod exp;
 pub mod schedule;
 pub mod spec;
 pub mod study;
