@@ -235,6 +235,66 @@ fn read_git_revision() -> String {
     }
 }
 
+/// The machine a figure came from: the CPU's model (with vendor, family, model and stepping
+/// where the OS reports them, since a virtual machine's model name may be generic), the vector
+/// features detected at run time, and the logical cores.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub features: Vec<String>,
+    pub cores: usize,
+    pub arch: String,
+}
+
+/// This machine ([`Machine`]).
+pub fn machine() -> Machine {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let mut cpu = field("model name")
+        .or_else(|| field("Model"))
+        .unwrap_or_else(|| "unknown".into());
+    if let (Some(vendor), Some(family), Some(model)) =
+        (field("vendor_id"), field("cpu family"), field("model"))
+    {
+        let stepping = field("stepping").unwrap_or_default();
+        cpu = format!("{cpu} ({vendor} family {family} model {model} stepping {stepping})");
+    }
+    let mut features: Vec<String> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        for (name, on) in [
+            ("sse4.2", has!("sse4.2")),
+            ("avx", has!("avx")),
+            ("avx2", has!("avx2")),
+            ("fma", has!("fma")),
+            ("avx512f", has!("avx512f")),
+            ("avx512dq", has!("avx512dq")),
+            ("avx512vl", has!("avx512vl")),
+        ] {
+            if on {
+                features.push(name.into());
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        features.push("neon".into());
+    }
+    Machine {
+        cpu,
+        features,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        arch: std::env::consts::ARCH.into(),
+    }
+}
+
 /// Reads an (N, d) float64 `.npy` file; a one-line error names the file and what is wrong.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<ndarray::Array2<f64>> {
     let path = path.as_ref();

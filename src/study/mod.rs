@@ -4,8 +4,8 @@
 //! each producing a few *points*, plus per-*group* information shared by units (the reference
 //! solution of a problem and schedule). Its results file is one JSON document
 //! ([`Doc`]): `kind`, `version`, `provenance` (pfode version, git revision, command line, seed,
-//! rustc, threads, date), `config`, `shard`, `groups`, `points` and a `summary` recomputed from
-//! the points on every write.
+//! rustc, threads, date, the machine's CPU and vector features), `config`, `shard`, `groups`,
+//! `points` and a `summary` recomputed from the points on every write.
 //!
 //! - **Atomic**: every write is a temporary file renamed over the output.
 //! - **Resumable**: every sweep starts afresh unless `--resume`; with it, a unit whose points are
@@ -47,6 +47,9 @@ pub struct Provenance {
     pub rustc: String,
     pub threads: usize,
     pub date: String,
+    /// The CPU the file was made on (absent in files made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<io::Machine>,
 }
 
 impl Provenance {
@@ -59,6 +62,7 @@ impl Provenance {
             rustc: env!("PFODE_RUSTC_VERSION").into(),
             threads: rayon::current_num_threads(),
             date: utc_now(),
+            machine: Some(io::machine()),
         }
     }
 }
