@@ -41,11 +41,14 @@ pub const SYMMETRY_TOL: f64 = 1e-12;
 pub const MAX_CONDITION: f64 = 1e12;
 
 /// The raw content of a mixture file, before validation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct MixtureSpec {
     pub weights: Vec<f64>,
     pub means: Vec<Vec<f64>>,
     pub covs: Vec<Vec<Vec<f64>>>,
+    /// A class label per component (optional in the file: empty when absent), e.g. the two
+    /// classes of the EDM2 tree toy; kept for conditional mixtures.
+    pub labels: Vec<String>,
 }
 
 /// Bare `NaN`, `Infinity`, `-Infinity` (as Python's json writes them) are not JSON; they are
@@ -144,10 +147,11 @@ impl MixtureSpec {
             )
         })?;
         for key in obj.keys() {
-            if !["weights", "means", "covs", "name", "provenance"].contains(&key.as_str()) {
+            if !["weights", "means", "covs", "labels", "name", "provenance"].contains(&key.as_str())
+            {
                 return Err(rd.err(
                     key,
-                    "unknown field (valid: weights, means, covs, name, provenance)",
+                    "unknown field (valid: weights, means, covs, labels, name, provenance)",
                 ));
             }
         }
@@ -171,10 +175,24 @@ impl MixtureSpec {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
+        let labels = match obj.get("labels") {
+            None => Vec::new(),
+            Some(v) => rd
+                .array(v, "labels")?
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    l.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| rd.err(&format!("labels[{i}]"), "expected a string"))
+                })
+                .collect::<Result<_>>()?,
+        };
         Ok(MixtureSpec {
             weights,
             means,
             covs,
+            labels,
         })
     }
 
@@ -214,7 +232,11 @@ impl MixtureSpec {
                 format!("    [\n{}\n    ]", rows.join(",\n"))
             })
             .collect();
-        s += &format!("  \"covs\": [\n{}\n  ]\n}}\n", covs.join(",\n"));
+        s += &format!("  \"covs\": [\n{}\n  ]", covs.join(",\n"));
+        if !self.labels.is_empty() {
+            s += &format!(",\n  \"labels\": {}", Value::from(self.labels.clone()));
+        }
+        s += "\n}\n";
         s
     }
 }
@@ -417,6 +439,9 @@ impl GaussianMixture {
         }
         count("means".into(), spec.means.len(), k)?;
         count("covs".into(), spec.covs.len(), k)?;
+        if !spec.labels.is_empty() {
+            count("labels".into(), spec.labels.len(), k)?;
+        }
         let d = spec.means[0].len();
         if d == 0 {
             return Err(err("means[0]".into(), "dimension 0".into()));
@@ -551,6 +576,7 @@ impl GaussianMixture {
                         .collect()
                 })
                 .collect(),
+            labels: self.spec.labels.clone(),
         };
         Self::new(spec, &format!("marginal {coords:?}"))
     }

@@ -90,6 +90,7 @@ fn random_mixture(
         weights,
         means,
         covs,
+        ..Default::default()
     }
 }
 
@@ -105,6 +106,7 @@ pub fn builtin(name: &str) -> Result<MixtureSpec> {
                 })
                 .collect(),
             covs: vec![vec![vec![0.05, 0.0], vec![0.0, 0.05]]; 8],
+            ..Default::default()
         },
         "aniso16" => random_mixture(
             vec![0.35, 0.25, 0.2, 0.12, 0.08],
@@ -119,18 +121,24 @@ pub fn builtin(name: &str) -> Result<MixtureSpec> {
                 weights: vec![1.0],
                 means: vec![vec![1.0, -2.0, 0.5, 1.5]],
                 covs: vec![covariance(&q, &[2.0, 0.8, 0.3, 0.1])],
+                ..Default::default()
             }
         }
-        "mix64" => {
-            let raw: Vec<f64> = (0..16)
-                .map(|k| 0.5 + RowRng::new(64, 0, k).uniform())
-                .collect();
-            let total: f64 = raw.iter().sum();
-            let weights = raw.iter().map(|w| w / total).collect();
-            random_mixture(weights, 64, 2.0, &log_spaced(64, 0.1, 1.0), 64)
-        }
+        "mix64" => random_mix(16, 64, 64),
         other => return Err(unknown(other)),
     })
+}
+
+/// K components in d >= 2 dimensions made as `mix64` is (`mix64` = `random_mix(16, 64, 64)`):
+/// weights 0.5 + U[0, 1) normalized, means ~ N(0, 4 I), random rotations, eigenvalues
+/// log-spaced in [0.1, 1]; for performance cases of other sizes.
+pub fn random_mix(k: usize, d: usize, seed: u64) -> MixtureSpec {
+    let raw: Vec<f64> = (0..k as u64)
+        .map(|i| 0.5 + RowRng::new(seed, 0, i).uniform())
+        .collect();
+    let total: f64 = raw.iter().sum();
+    let weights = raw.iter().map(|w| w / total).collect();
+    random_mixture(weights, d, 2.0, &log_spaced(d, 0.1, 1.0), seed)
 }
 
 fn unknown(name: &str) -> Error {

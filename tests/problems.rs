@@ -66,6 +66,17 @@ fn json_round_trip_is_bit_exact() {
     let spec = problems::builtin("aniso16").unwrap();
     let back = MixtureSpec::from_json(&spec.to_json(&[]), "mem").unwrap();
     assert!(back == spec);
+    // Class labels (the EDM2 tree toy's A and B) survive the round trip; none are written
+    // when there are none.
+    let mut labelled = problems::builtin("ring2d").unwrap();
+    labelled.labels = (0..8).map(|k| ["A", "B"][k % 2].to_string()).collect();
+    let text = labelled.to_json(&[]);
+    assert!(
+        text.contains(r#""labels": ["A","B","A","B","A","B","A","B"]"#),
+        "{text}"
+    );
+    assert!(MixtureSpec::from_json(&text, "mem").unwrap() == labelled);
+    assert!(!spec.to_json(&[]).contains("labels"));
 }
 
 /// (file content, expected error message).
@@ -113,7 +124,7 @@ fn malformed() -> Vec<(&'static str, &'static str)> {
         ),
         (
             r#"{"weight": [1.0], "means": [[0, 0]], "covs": [[[1, 0], [0, 1]]]}"#,
-            "field `weight`: unknown field (valid: weights, means, covs, name, provenance)",
+            "field `weight`: unknown field (valid: weights, means, covs, labels, name, provenance)",
         ),
         (
             r#"{"weights": [1.0], "means": [["0", 0]], "covs": [[[1, 0], [0, 1]]]}"#,
@@ -124,6 +135,14 @@ fn malformed() -> Vec<(&'static str, &'static str)> {
             "field `covs[0]`: numerically singular: condition number 1.00e13 exceeds 1e12",
         ),
         ("[1, 2]", "expected an object, found an array"),
+        (
+            r#"{"weights": [0.5, 0.5], "means": [[0], [1]], "covs": [[[1]], [[1]]], "labels": ["A"]}"#,
+            "field `labels`: expected 2 entries, found 1 (dimension mismatch)",
+        ),
+        (
+            r#"{"weights": [0.5, 0.5], "means": [[0], [1]], "covs": [[[1]], [[1]]], "labels": ["A", 3]}"#,
+            "field `labels[1]`: expected a string",
+        ),
     ]
 }
 
