@@ -15,13 +15,37 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-const CASES: [(&str, usize); 3] = [("ring2d", 100_000), ("aniso16", 20_000), ("mix64", 10_000)];
+const CASES: [(&str, usize); 5] = [
+    ("ring2d", 100_000),
+    ("aniso16", 20_000),
+    ("mix64", 10_000),
+    ("k256d8", 10_000),
+    ("edm2_tree2d", 10_000),
+];
+
+/// The EDM2 tree toy (d = 2, K = 2032), from the shared data folder beside the checkout.
+const EDM2_TREE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/edm2_tree2d.json"
+);
+
+/// A case's mixture: a built-in problem, `k256d8` (`problems::random_mix(256, 8, 256)`) or the
+/// EDM2 tree.
+fn case_mixture(name: &str) -> Result<pfode::GaussianMixture> {
+    match name {
+        "k256d8" => pfode::GaussianMixture::new(problems::random_mix(256, 8, 256), name),
+        "edm2_tree2d" => problems::load(EDM2_TREE),
+        _ => problems::load(name),
+    }
+}
 
 #[derive(Parser)]
 #[command(
     name = "bench_oracle",
     about = "Gaussian-mixture oracle throughput vs the faer matrix-product peak, NumPy and PyTorch",
-    after_help = "Cases (d, K, N): ring2d (2, 8, 1e5), aniso16 (16, 5, 2e4), mix64 (64, 16, 1e4), at\n\
+    after_help = "Cases (d, K, N): ring2d (2, 8, 1e5), aniso16 (16, 5, 2e4), mix64 (64, 16, 1e4),\n\
+                  k256d8 (8, 256, 1e4; problems::random_mix(256, 8, 256)) and edm2_tree2d (2, 2032, 1e4;\n\
+                  ../shared/data/edm2_tree2d.json beside the checkout), at\n\
                   vp-linear t = 0.5, data prediction. Times are medians over --repeats (50) calls after one\n\
                   warm-up call, on all rayon threads. FLOPs are counted as 4 N K d^2 (two products per\n\
                   component). The peak is the best of 3 faer products of two 2048^2 float64 matrices.\n\
@@ -42,7 +66,7 @@ struct Args {
     /// Skip the solver-overhead measurement (done with the aniso16 case).
     #[arg(long)]
     no_solvers: bool,
-    /// Comma-separated subset of the cases (ring2d, aniso16, mix64).
+    /// Comma-separated subset of the cases (ring2d, aniso16, mix64, k256d8, edm2_tree2d).
     #[arg(long, value_delimiter = ',')]
     cases: Option<Vec<String>>,
 }
@@ -141,7 +165,7 @@ fn run(args: &Args) -> Result<()> {
         {
             continue;
         }
-        let m = problems::load(name)?;
+        let m = case_mixture(name)?;
         let (d, k) = (m.dim(), m.n_components());
         let x = m.sample_pt(n, &at, 1);
         let mut out = pfode::ndarray::Array2::zeros(x.dim());

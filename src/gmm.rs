@@ -308,6 +308,8 @@ fn product_into(a: &Array2<f64>, b: &Array2<f64>, transpose_b: bool, dst: faer::
 /// Up to this dimension the two transforms are plain loops (matrix-product kernels do not pay
 /// for themselves on such thin matrices).
 const SMALL_D: usize = 8;
+/// ... and while K d stays at most this (with many components the products pay again).
+const SMALL_KD: usize = 256;
 
 /// A chunk's responsibilities live on the stack up to this many values ([`CHUNK_ROWS`] rows of 16
 /// components); beyond, in a per-thread buffer. (A stack array, which the compiler knows aliases
@@ -694,10 +696,11 @@ impl GaussianMixture {
             zv.resize(m * kd, 0.0);
         }
         let z = &mut zv[..m * kd];
-        if d <= SMALL_D {
+        let loops = d <= SMALL_D && kd <= SMALL_KD;
+        if loops {
             z.fill(0.0);
         }
-        if d <= SMALL_D {
+        if loops {
             for (zi, xi) in z.chunks_exact_mut(kd).zip(xs.chunks_exact(d)) {
                 for (&xl, ul) in xi.iter().zip(self.u_all.chunks_exact(kd)) {
                     for (zj, &u) in zi.iter_mut().zip(ul) {
@@ -740,7 +743,7 @@ impl GaussianMixture {
                 }
             }
             if let Some(out) = out {
-                if d <= SMALL_D {
+                if loops {
                     for (oi, zi) in out.chunks_exact_mut(d).zip(z.chunks_exact(kd)) {
                         for (ol, ul) in oi.iter_mut().zip(self.u_all.chunks_exact(kd)) {
                             *ol = zi.iter().zip(ul).map(|(a, b)| a * b).sum();

@@ -387,3 +387,43 @@ fn samples_have_the_mixture_moments() {
         }
     }
 }
+
+/// Many components in few dimensions (K d = 384 > 256, so the chunk takes the matrix-product
+/// path) against the mixture assembled from its single components (each on the loop path):
+/// x0_hat = sum_k r_k x0_hat_k with r_k = w_k p_k / p from each component's own density.
+#[test]
+fn many_components_match_their_single_component_parts() {
+    let spec = problems::random_mix(64, 6, 3);
+    let m = GaussianMixture::new(spec.clone(), "k64d6").unwrap();
+    let at = schedule::parse("vp-linear").unwrap().level(0.4);
+    let x = m.sample_pt(300, &at, 5);
+    let full = predict(&m, Prediction::X0, &x, &at);
+    let mut logits = Array2::<f64>::zeros((x.nrows(), 64));
+    let mut parts = Vec::new();
+    for k in 0..64 {
+        let one = pfode::MixtureSpec {
+            weights: vec![1.0],
+            means: vec![spec.means[k].clone()],
+            covs: vec![spec.covs[k].clone()],
+            ..Default::default()
+        };
+        let g = GaussianMixture::new(one, "one").unwrap();
+        let lp = g.log_density(x.view(), &at).unwrap();
+        logits.column_mut(k).assign(&(lp + spec.weights[k].ln()));
+        parts.push(predict(&g, Prediction::X0, &x, &at));
+    }
+    for i in 0..x.nrows() {
+        let row = logits.row(i);
+        let max = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let r: Vec<f64> = row.iter().map(|l| (l - max).exp()).collect();
+        let sum: f64 = r.iter().sum();
+        for j in 0..6 {
+            let want: f64 = (0..64).map(|k| r[k] / sum * parts[k][[i, j]]).sum();
+            assert!(
+                (full[[i, j]] - want).abs() < 1e-10 * (1.0 + want.abs()),
+                "row {i} coord {j}: {} vs {want}",
+                full[[i, j]]
+            );
+        }
+    }
+}
