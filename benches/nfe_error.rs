@@ -12,6 +12,7 @@ use pfode::{problems, schedule, Counted};
 use std::path::Path;
 
 fn main() {
+    println!("machine: {}", pfode::io::machine());
     let config = Config {
         problems: vec!["aniso16".into()],
         schedules: vec!["vp-linear".into()],

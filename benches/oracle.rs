@@ -2,7 +2,7 @@
 //! (d, K, N) in {(2, 8, 1e5), (16, 5, 2e4), (64, 16, 1e4)}, in sample-evaluations per second,
 //! and single-sample latency. `cargo bench --bench oracle`.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use pfode::ndarray::{s, Array2};
 use pfode::{problems, schedule, Oracle, Prediction};
 
@@ -38,4 +38,10 @@ fn oracle(c: &mut Criterion) {
 }
 
 criterion_group!(benches, oracle);
-criterion_main!(benches);
+
+/// criterion's main, after a line naming the machine the figures come from.
+fn main() {
+    println!("machine: {}", pfode::io::machine());
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -6,8 +6,10 @@ z_k = (x - alpha mu_k) U_k (one matrix product per component), log-responsibilit
 ln w_k - 1/2 sum ln D_k - 1/2 sum z_k^2 / D_k (log-sum-exp over k), and
 x0_hat = sum_k r_k (mu_k + (z_k * alpha l_k / D_k) U_k^T) (a second product per component).
 
-Usage: python oracle_reference.py PROBLEM.json N REPEATS ALPHA SIGMA THREADS
-Prints one JSON line {"numpy_s": median seconds per call, "torch_s": ..., "max_abs_diff": ...}.
+Usage: python oracle_reference.py PROBLEM.json X.npy PFODE_X0.npy REPEATS ALPHA SIGMA THREADS
+X.npy holds the points (the same draws of p_t that pfode is timed on), PFODE_X0.npy pfode's x0_hat
+at them. Prints one JSON line {"numpy_s": median seconds per call, "torch_s": ...,
+"max_abs_diff": NumPy vs PyTorch, "max_abs_diff_vs_pfode": NumPy vs pfode, ...}.
 """
 import json
 import sys
@@ -60,13 +62,13 @@ def timed(f, repeats):
 
 
 def main():
-    path, n, repeats, alpha, sigma, threads = sys.argv[1:7]
-    n, repeats, alpha, sigma, threads = int(n), int(repeats), float(alpha), float(sigma), int(threads)
+    path, x_path, pfode_path, repeats, alpha, sigma, threads = sys.argv[1:8]
+    repeats, alpha, sigma, threads = int(repeats), float(alpha), float(sigma), int(threads)
     w, mu, u, l = load(path)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, mu.shape[1])) * 2.0
+    x = np.load(x_path)
     out = {"numpy_s": timed(lambda: x0_numpy(x, w, mu, u, l, alpha, sigma), repeats)}
     ref = x0_numpy(x, w, mu, u, l, alpha, sigma)
+    out["max_abs_diff_vs_pfode"] = float(np.abs(np.load(pfode_path) - ref).max())
     try:
         import torch
 

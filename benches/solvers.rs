@@ -4,7 +4,7 @@
 //! oracle bench at (16, 5, 2e4); `bench_oracle` records the steady-state ratio per evaluation.
 //! `cargo bench --bench solvers`.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use pfode::grid::Grid;
 use pfode::ndarray::Array2;
 use pfode::oracle::Free;
@@ -53,4 +53,10 @@ fn solvers(c: &mut Criterion) {
 }
 
 criterion_group!(benches, solvers);
-criterion_main!(benches);
+
+/// criterion's main, after a line naming the machine the figures come from.
+fn main() {
+    println!("machine: {}", pfode::io::machine());
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -50,10 +50,12 @@ fn case_mixture(name: &str) -> Result<pfode::GaussianMixture> {
                   warm-up call, on all rayon threads. FLOPs are counted as 4 N K d^2 (two products per\n\
                   component). The peak is the best of 3 faer products of two 2048^2 float64 matrices.\n\
                   With --python PY, PY runs benches/oracle_reference.py (NumPy, PyTorch CPU) on the same\n\
-                  problems, sizes and thread count, and the ratios are recorded side by side.\n\
+                  problems, points and thread count, and the ratios are recorded side by side with the\n\
+                  largest difference from pfode's output.\n\
                   With the aniso16 case, each main solver runs on a free oracle (every prediction 0) over\n\
                   logSNR grids of 20 and 40 steps; its overhead per evaluation, (T_40 - T_20)/(NFE_40 -\n\
-                  NFE_20), is recorded as a percentage of the oracle's time per call in the same run."
+                  NFE_20), is recorded as a percentage of the oracle's time per call in the same run, and\n\
+                  in passes (multiples of one in-place x += c y over the same array, timed in the run)."
 )]
 struct Args {
     #[arg(long, default_value_t = 50)]
@@ -108,7 +110,9 @@ fn peak() -> f64 {
 /// Each main solver on the free oracle ([`Free`]) from the points `x` over logSNR grids of 20 and
 /// 40 steps (vp-linear, t = 1 to 1e-3): the steady-state cost of the solver's own arithmetic per
 /// evaluation, (T_40 - T_20)/(NFE_40 - NFE_20), and the whole-run cost T_20/NFE_20 (buffer set-up
-/// included), each as a fraction of the oracle's time per call `oracle_s` measured in this run.
+/// included), each as a fraction of the oracle's time per call `oracle_s` measured in this run,
+/// and the former also in passes: multiples of one in-place `x += c y` over an array of x's size
+/// (two arrays read, one written), the memory-traffic unit every solver's arithmetic is made of.
 fn solver_overhead(repeats: usize, x: &Array2<f64>, oracle_s: f64) -> Result<Value> {
     let s = schedule::parse("vp-linear")?;
     let free = Free(x.ncols());
@@ -118,6 +122,11 @@ fn solver_overhead(repeats: usize, x: &Array2<f64>, oracle_s: f64) -> Result<Val
         mixture: None,
         noise_seed: 0,
     };
+    let (mut y, z) = (x.clone(), x.clone());
+    let pass_s = time(repeats, || {
+        solver::update(&mut y, 1.0, &[(1e-300, &z)]);
+        Ok(())
+    })?;
     let mut rows = Vec::new();
     for spec in MAIN_SOLVERS {
         let run = |steps: usize| -> Result<(f64, usize)> {
@@ -145,10 +154,15 @@ fn solver_overhead(repeats: usize, x: &Array2<f64>, oracle_s: f64) -> Result<Val
             "seconds_40_steps": t40,
             "overhead_per_eval_s": per_eval,
             "overhead_percent": 100.0 * per_eval / oracle_s,
+            "overhead_passes": per_eval / pass_s,
             "whole_run_percent": 100.0 * t20 / n20 as f64 / oracle_s,
         }));
     }
-    Ok(json!(rows))
+    Ok(json!({
+        "axpy_pass_s": pass_s,
+        "oracle_s": oracle_s,
+        "solvers": rows,
+    }))
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -188,18 +202,23 @@ fn run(args: &Args) -> Result<()> {
             "single_sample_latency_s": latency,
         });
         if let Some(py) = &args.python {
-            let file = std::env::temp_dir()
-                .join(format!("pfode-bench-{name}-{}.json", std::process::id()));
+            let tmp = |what: &str, ext: &str| {
+                std::env::temp_dir().join(format!(
+                    "pfode-bench-{name}-{what}-{}.{ext}",
+                    std::process::id()
+                ))
+            };
+            let (file, x_file, out_file) =
+                (tmp("mixture", "json"), tmp("x", "npy"), tmp("x0", "npy"));
             io::write_atomic(&file, m.spec().to_json(&[]).as_bytes())?;
+            io::write_npy(&x_file, &x)?;
+            io::write_npy(&out_file, &out)?;
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/oracle_reference.py");
             let output = Command::new(py)
+                .arg(script)
+                .args([&file, &x_file, &out_file])
                 .args([
-                    script,
-                    &file.display().to_string(),
-                    &n.to_string(),
-                    &args.repeats.to_string(),
-                ])
-                .args([
+                    args.repeats.to_string(),
                     at.alpha.to_string(),
                     at.sigma.to_string(),
                     threads.to_string(),
@@ -209,7 +228,9 @@ fn run(args: &Args) -> Result<()> {
                 .env("MKL_NUM_THREADS", threads.to_string())
                 .output()
                 .map_err(|e| Error::io(py, e))?;
-            let _ = std::fs::remove_file(&file);
+            for f in [&file, &x_file, &out_file] {
+                let _ = std::fs::remove_file(f);
+            }
             if !output.status.success() {
                 return Err(Error::Domain(format!(
                     "{py} benches/oracle_reference.py failed: {}",

@@ -311,6 +311,11 @@ const SMALL_D: usize = 8;
 /// ... and while K d stays at most this (with many components the products pay again).
 const SMALL_KD: usize = 256;
 
+/// Z (rows x K d) is built for at most this many values at a time (512 KiB, so that the passes
+/// over it stay in a core's L2 cache), and for at least [`Z_MIN_ROWS`] rows.
+const Z_BLOCK: usize = 64 * 1024;
+const Z_MIN_ROWS: usize = 16;
+
 /// A chunk's responsibilities live on the stack up to this many values ([`CHUNK_ROWS`] rows of 16
 /// components); beyond, in a per-thread buffer. (A stack array, which the compiler knows aliases
 /// nothing, measured 1.4x faster at (16, 5) than a reused heap buffer.)
@@ -319,23 +324,170 @@ const STACK_R: usize = 4096;
 /// pairwise at the end), so that the loop vectorizes; the order is fixed, so the result is too.
 #[inline]
 fn centered_quad(z: &mut [f64], c: &[f64], g: &[f64]) -> f64 {
+    let n = z.len();
+    let (z4, z_tail) = z.as_chunks_mut::<4>();
+    let (c4, c_tail) = c[..n].as_chunks::<4>();
+    let (g4, g_tail) = g[..n].as_chunks::<4>();
     let mut acc = [0.0; 4];
-    let n4 = z.len() / 4 * 4;
-    for ((z, c), g) in z[..n4]
-        .chunks_exact_mut(4)
-        .zip(c.chunks_exact(4))
-        .zip(g.chunks_exact(4))
-    {
+    for ((z, c), g) in z4.iter_mut().zip(c4).zip(g4) {
+        let mut t = *z;
         for l in 0..4 {
-            z[l] -= c[l];
-            acc[l] += z[l] * z[l] * g[l];
+            t[l] -= c[l];
+            acc[l] += t[l] * t[l] * g[l];
         }
+        *z = t;
     }
-    for j in n4..z.len() {
-        z[j] -= c[j];
-        acc[j - n4] += z[j] * z[j] * g[j];
+    for (l, ((z, c), g)) in z_tail.iter_mut().zip(c_tail).zip(g_tail).enumerate() {
+        *z -= c;
+        acc[l] += *z * *z * g;
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+/// The SIMD targets the mixture's element-wise passes are compiled for, chosen at run time. Each
+/// pass is a fixed sequence of IEEE operations (no reassociation, no contraction), so every target
+/// gives the same bits.
+macro_rules! simd {
+    ($item:item) => {
+        #[multiversion::multiversion(targets(
+            "x86_64+avx512f+avx512dq+avx512vl+fma",
+            "x86_64+avx2+fma",
+            "aarch64+neon"
+        ))]
+        $item
+    };
+}
+
+simd! {
+/// Logits r_ik = ln w_k - (sum ln D_k)/2 - |z_ik - c_k|^2_{D_k^-1} / 2 for rows of z (K blocks of
+/// d), centring z in place.
+fn logits(z: &mut [f64], r: &mut [f64], lv: &Level, d: usize) {
+    let k = lv.log_norm.len();
+    for (row, ri) in z.chunks_exact_mut(k * d).zip(r.chunks_exact_mut(k)) {
+        for (b, (block, rb)) in row.chunks_exact_mut(d).zip(ri.iter_mut()).enumerate() {
+            let quad = centered_quad(block, &lv.c[b * d..(b + 1) * d], &lv.inv_d[b * d..(b + 1) * d]);
+            *rb = lv.log_norm[b] - 0.5 * quad;
+        }
+    }
+}
+}
+
+simd! {
+/// [`GaussianMixture::chunk`] for a dimension known at compile time (D <= 4): the same arithmetic, row by
+/// row in registers, z_k recomputed for the prediction instead of stored, and skipped where
+/// r_k = 0 exactly (below exp(-745) of the row's largest: its terms are zeros).
+fn small_rows<const D: usize>(
+    u: &[f64],
+    lv: &Level,
+    xs: &[f64],
+    out: Option<&mut [f64]>,
+    log_p: &mut [f64],
+) {
+    let k = lv.log_norm.len();
+    let kd = k * D;
+    let z_of = |x: &[f64; D], b: usize| {
+        let mut z = [0.0; D];
+        for (l, &xl) in x.iter().enumerate() {
+            for (j, zj) in z.iter_mut().enumerate() {
+                *zj += xl * u[l * kd + b * D + j];
+            }
+        }
+        for (j, zj) in z.iter_mut().enumerate() {
+            *zj -= lv.c[b * D + j];
+        }
+        z
+    };
+    let m = xs.len() / D;
+    let row = |i: usize| -> [f64; D] {
+        let mut x = [0.0; D];
+        x.copy_from_slice(&xs[i * D..(i + 1) * D]);
+        x
+    };
+    with_responsibilities(m * k, |r| {
+        for i in 0..m {
+            let x = row(i);
+            for (b, rb) in r[i * k..(i + 1) * k].iter_mut().enumerate() {
+                let z = z_of(&x, b);
+                let quad: f64 = z
+                    .iter()
+                    .zip(&lv.inv_d[b * D..(b + 1) * D])
+                    .map(|(z, g)| z * z * g)
+                    .sum();
+                *rb = lv.log_norm[b] - 0.5 * quad;
+            }
+        }
+        let Some(out) = out else {
+            return normalize_rows(r, k, Some(log_p));
+        };
+        normalize_rows(r, k, None);
+        for i in 0..m {
+            let x = row(i);
+            let mut o = [0.0; D];
+            for (b, &w) in r[i * k..(i + 1) * k].iter().enumerate() {
+                if w == 0.0 {
+                    continue;
+                }
+                let mut y = z_of(&x, b);
+                for (yj, &g) in y.iter_mut().zip(&lv.gain[b * D..(b + 1) * D]) {
+                    *yj *= w * g;
+                }
+                for (l, ol) in o.iter_mut().enumerate() {
+                    let row = &u[l * kd + b * D..l * kd + (b + 1) * D];
+                    *ol += y.iter().zip(row).map(|(a, b)| a * b).sum::<f64>();
+                }
+                for (l, ol) in o.iter_mut().enumerate() {
+                    *ol += w * lv.mean[b * D + l];
+                }
+            }
+            out[i * D..(i + 1) * D].copy_from_slice(&o);
+        }
+    })
+}
+}
+
+simd! {
+/// z_ikj <- z_ikj (r_ik g_kj).
+fn scale_by_gains(z: &mut [f64], r: &[f64], gain: &[f64], d: usize) {
+    let k = gain.len() / d;
+    for (row, ri) in z.chunks_exact_mut(k * d).zip(r.chunks_exact(k)) {
+        for ((block, &v), g) in row.chunks_exact_mut(d).zip(ri).zip(gain.chunks_exact(d)) {
+            for (zj, &gj) in block.iter_mut().zip(g) {
+                *zj *= v * gj;
+            }
+        }
+    }
+}
+}
+
+simd! {
+/// out_i += sum_k r_ik m_k, over k in order, four rows at a time (four independent chains of
+/// additions; each row's sum is the same sequence as alone).
+fn add_means(out: &mut [f64], r: &[f64], mean: &[f64], d: usize) {
+    let k = mean.len() / d;
+    let mut rows = out.chunks_exact_mut(4 * d).zip(r.chunks_exact(4 * k));
+    for (o, ri) in rows.by_ref() {
+        let (o01, o23) = o.split_at_mut(2 * d);
+        let (o0, o1) = o01.split_at_mut(d);
+        let (o2, o3) = o23.split_at_mut(d);
+        for (b, m) in mean.chunks_exact(d).enumerate() {
+            let w = [ri[b], ri[k + b], ri[2 * k + b], ri[3 * k + b]];
+            for j in 0..d {
+                o0[j] += w[0] * m[j];
+                o1[j] += w[1] * m[j];
+                o2[j] += w[2] * m[j];
+                o3[j] += w[3] * m[j];
+            }
+        }
+    }
+    let n4 = out.len() / (4 * d) * 4;
+    for (o, ri) in out[n4 * d..].chunks_exact_mut(d).zip(r[n4 * k..].chunks_exact(k)) {
+        for (&w, m) in ri.iter().zip(mean.chunks_exact(d)) {
+            for (oj, &mj) in o.iter_mut().zip(m) {
+                *oj += w * mj;
+            }
+        }
+    }
+}
 }
 
 thread_local! {
@@ -684,11 +836,26 @@ impl GaussianMixture {
             }
         };
         match d {
-            1 => return self.small_rows::<1>(lv, xs, out, log_p),
-            2 => return self.small_rows::<2>(lv, xs, out, log_p),
-            3 => return self.small_rows::<3>(lv, xs, out, log_p),
-            4 => return self.small_rows::<4>(lv, xs, out, log_p),
+            1 => return small_rows::<1>(&self.u_all, lv, xs, out, log_p),
+            2 => return small_rows::<2>(&self.u_all, lv, xs, out, log_p),
+            3 => return small_rows::<3>(&self.u_all, lv, xs, out, log_p),
+            4 => return small_rows::<4>(&self.u_all, lv, xs, out, log_p),
             _ => {}
+        }
+        let rows = (Z_BLOCK / kd).max(Z_MIN_ROWS);
+        if m > rows {
+            let mut out = out;
+            for start in (0..m).step_by(rows) {
+                let end = (start + rows).min(m);
+                let lp = if log_p.is_empty() {
+                    &mut []
+                } else {
+                    &mut log_p[start..end]
+                };
+                let o = out.as_deref_mut().map(|o| &mut o[start * d..end * d]);
+                self.chunk(lv, x.slice(ndarray::s![start..end, ..]), o, lp);
+            }
+            return;
         }
         let u_all = faer::MatRef::from_row_major_slice(&self.u_all, d, kd);
         let mut zv = ZS.take();
@@ -720,28 +887,12 @@ impl GaussianMixture {
             clear_upper();
         }
         with_responsibilities(m * k, |r| {
-            for i in 0..m {
-                let row = &mut z[i * kd..(i + 1) * kd];
-                for b in 0..k {
-                    let block = &mut row[b * d..(b + 1) * d];
-                    let quad = centered_quad(block, &lv.c[b * d..(b + 1) * d], &lv.inv_d[b * d..]);
-                    r[i * k + b] = lv.log_norm[b] - 0.5 * quad;
-                }
-            }
+            logits(z, r, lv, d);
             if lv.gain.is_empty() {
                 return normalize_rows(r, k, Some(log_p));
             }
             normalize_rows(r, k, None);
-            for i in 0..m {
-                let row = &mut z[i * kd..(i + 1) * kd];
-                for b in 0..k {
-                    let v = r[i * k + b];
-                    let block = &mut row[b * d..(b + 1) * d];
-                    for (zj, &gj) in block.iter_mut().zip(&lv.gain[b * d..]) {
-                        *zj *= v * gj;
-                    }
-                }
-            }
+            scale_by_gains(z, r, &lv.gain, d);
             if let Some(out) = out {
                 if loops {
                     for (oi, zi) in out.chunks_exact_mut(d).zip(z.chunks_exact(kd)) {
@@ -760,86 +911,10 @@ impl GaussianMixture {
                     );
                     clear_upper();
                 }
-                for i in 0..m {
-                    let o = &mut out[i * d..(i + 1) * d];
-                    for b in 0..k {
-                        let w = r[i * k + b];
-                        for (oj, &mj) in o.iter_mut().zip(&lv.mean[b * d..(b + 1) * d]) {
-                            *oj += w * mj;
-                        }
-                    }
-                }
+                add_means(out, r, &lv.mean, d);
             }
         });
         ZS.set(zv);
-    }
-
-    /// [`Self::chunk`] for a dimension known at compile time (D <= 4): the same arithmetic, row by
-    /// row in registers, z_k recomputed for the prediction instead of stored.
-    fn small_rows<const D: usize>(
-        &self,
-        lv: &Level,
-        xs: &[f64],
-        out: Option<&mut [f64]>,
-        log_p: &mut [f64],
-    ) {
-        let k = self.active.len();
-        let kd = k * D;
-        let u = &self.u_all;
-        let z_of = |x: &[f64; D], b: usize| {
-            let mut z = [0.0; D];
-            for (l, &xl) in x.iter().enumerate() {
-                for (j, zj) in z.iter_mut().enumerate() {
-                    *zj += xl * u[l * kd + b * D + j];
-                }
-            }
-            for (j, zj) in z.iter_mut().enumerate() {
-                *zj -= lv.c[b * D + j];
-            }
-            z
-        };
-        let m = xs.len() / D;
-        let row = |i: usize| -> [f64; D] {
-            let mut x = [0.0; D];
-            x.copy_from_slice(&xs[i * D..(i + 1) * D]);
-            x
-        };
-        with_responsibilities(m * k, |r| {
-            for i in 0..m {
-                let x = row(i);
-                for (b, rb) in r[i * k..(i + 1) * k].iter_mut().enumerate() {
-                    let z = z_of(&x, b);
-                    let quad: f64 = z
-                        .iter()
-                        .zip(&lv.inv_d[b * D..(b + 1) * D])
-                        .map(|(z, g)| z * z * g)
-                        .sum();
-                    *rb = lv.log_norm[b] - 0.5 * quad;
-                }
-            }
-            let Some(out) = out else {
-                return normalize_rows(r, k, Some(log_p));
-            };
-            normalize_rows(r, k, None);
-            for i in 0..m {
-                let x = row(i);
-                let mut o = [0.0; D];
-                for (b, &w) in r[i * k..(i + 1) * k].iter().enumerate() {
-                    let mut y = z_of(&x, b);
-                    for (yj, &g) in y.iter_mut().zip(&lv.gain[b * D..(b + 1) * D]) {
-                        *yj *= w * g;
-                    }
-                    for (l, ol) in o.iter_mut().enumerate() {
-                        let row = &u[l * kd + b * D..l * kd + (b + 1) * D];
-                        *ol += y.iter().zip(row).map(|(a, b)| a * b).sum::<f64>();
-                    }
-                    for (l, ol) in o.iter_mut().enumerate() {
-                        *ol += w * lv.mean[b * D + l];
-                    }
-                }
-                out[i * D..(i + 1) * D].copy_from_slice(&o);
-            }
-        })
     }
 
     /// ln p_t(x) for each row of `x`, exact.

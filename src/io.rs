@@ -246,6 +246,20 @@ pub struct Machine {
     pub arch: String,
 }
 
+impl std::fmt::Display for Machine {
+    /// One line: `CPU, N cores, arch, features: f1 f2 ...`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, {} cores, {}, features: {}",
+            self.cpu,
+            self.cores,
+            self.arch,
+            self.features.join(" ")
+        )
+    }
+}
+
 /// This machine ([`Machine`]).
 pub fn machine() -> Machine {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
