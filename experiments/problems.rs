@@ -1,6 +1,6 @@
 //! Writes the built-in problems to JSON files, or checks mixture files.
 //!
-//! `problems [--out DIR]` writes ring2d, aniso16, gauss4 and mix64 to DIR (default
+//! `problems [--out DIR]` writes ring2d, aniso16, gauss4, mix64 and gauss2c to DIR (default
 //! `results/problems`), each with a provenance block (command, seed, git revision).
 //! `problems --check FILE...` validates mixture files and prints one summary line per file.
 //! `problems sample --problem P --n N [--seed S] [--t T --schedule SPEC] --out X.npy` writes

@@ -1,11 +1,12 @@
 //! Runs one solver on one problem or network: `sample --problem NAME|FILE.json | --net
 //! FILE.safetensors [--schedule SPEC] --grid SPEC --solver SPEC --init XT.npy|prior|standard
-//! [--n N --seed S] --out X.npy [--record RUN.json] [--device cpu|cuda-f32|cuda-f64]`. See
-//! `sample --help`.
+//! [--n N --seed S] [--class LABEL [--guidance SPEC]] --out X.npy [--record RUN.json]
+//! [--device cpu|cuda-f32|cuda-f64]`. See `sample --help`.
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use pfode::gmm::GaussianMixture;
 use pfode::grid::Grid;
+use pfode::guidance::Guidance;
 use pfode::io::Outputs;
 use pfode::ndarray::Array2;
 use pfode::nn::{weights, Mlp};
@@ -32,6 +33,16 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
             | exponential:steps=N,sigma_min=..,sigma_max=..[,zero=true] | file:TIMES.json
             Defaults: steps=20, t_start = the schedule's end (80 for edm), t_end = 1e-3 (0.002 for
             edm, 1/N for vp-discrete). Sigma grids use sigma/alpha on VP schedules.
+--class     a class of the problem's labels: sample p(x | LABEL), the sub-mixture of that class
+--guidance  (needs --class) steer toward the class with a guide (pfode::guidance):
+            cfg:scale=2,guide=uncond|LABEL|FILE[,space=eps|x0|score|v|velocity]
+            | interval:scale=2,sigma_lo=0.28,sigma_hi=5.42 (EDM sigma, CFG for lo < sigma <= hi)
+            | autoguidance:scale=2,guide=FILE (a weaker model of the same class)
+            | apg:scale=2,eta=0,momentum=0,threshold=0 (x0 space)
+            | cfg-zero:scale=2,zero_init=1 (velocity space)
+            | classifier:scale=2 (the exact grad ln p_t(c | x) added to the unconditional model)
+            scale = 1 is no guidance (s = 1 + w of Ho & Salimans); every CFG-family rule takes a
+            window sigma_lo/sigma_hi or diffusers' start/stop fractions of the steps.
 --solver    NAME[:key=value,...], e.g. dpm-solver++:order=3,method=multistep,type=dpmsolver,lower_order_final=false
 --init      x at the grid's first time T: an (N, d) float64 .npy file; or `prior`, N = --n
             draws (seed --seed) of the exact marginal p_T of the problem (of a network: of the
@@ -42,7 +53,9 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
 --record    JSON with the command line, problem or net, schedule, grid times, solver and every
             option (defaults included), nfe, model_calls: [{t, alpha, sigma}] in evaluation order, the init (a file,
             or prior/standard with n and seed), and the device used (cpu after a fall-back)
-            beside the one requested; --out and --record must be distinct files
+            beside the one requested; with --class/--guidance the class, the guidance spec with
+            every option and its counts (evaluations, guided ones, oracle calls: two per guided
+            evaluation); --out and --record must be distinct files
 
 Errors are one line on stderr, exit status 2, and no output file is written or changed.";
 
@@ -50,7 +63,8 @@ Errors are one line on stderr, exit status 2, and no output file is written or c
 #[command(name = "sample", about = "Run one sampler on one problem or network")]
 #[command(group(clap::ArgGroup::new("oracle").required(true).args(["problem", "net"])))]
 struct Args {
-    /// A built-in problem (ring2d, aniso16, gauss4, mix64) or a mixture JSON file.
+    /// A built-in problem (ring2d, aniso16, gauss4, mix64, gauss2c, edm2_tree2d) or a mixture
+    /// JSON file.
     #[arg(long)]
     problem: Option<String>,
     /// A network's safetensors file.
@@ -81,6 +95,12 @@ struct Args {
     /// The seed of the Brownian paths of stochastic samplers (one path per row of --init).
     #[arg(long, default_value_t = 0)]
     noise_seed: u64,
+    /// Sample the class LABEL of the problem's labels.
+    #[arg(long)]
+    class: Option<String>,
+    /// A guidance spec (needs --class).
+    #[arg(long)]
+    guidance: Option<String>,
 }
 
 fn solver_list() -> String {
@@ -257,6 +277,30 @@ fn run(args: &Args) -> Result<()> {
             ))
         }
     };
+    if args.class.is_some() && args.net.is_some() {
+        return Err(Error::invalid(
+            "--class",
+            None,
+            "needs --problem (a network has no class input)",
+        ));
+    }
+    if args.guidance.is_some() && args.class.is_none() {
+        return Err(Error::invalid(
+            "--guidance",
+            None,
+            "needs --class LABEL, the class to guide toward",
+        ));
+    }
+    let guidance = args.guidance.as_deref().map(Guidance::parse).transpose()?;
+    let (source, full) = match (source, &args.class) {
+        (Source::Mixture(m), Some(c)) => {
+            let cond = m
+                .conditional(c)
+                .map_err(|e| Error::invalid("--class", None, e.to_string()))?;
+            (Source::Mixture(cond), Some(m))
+        }
+        (s, _) => (s, None),
+    };
     let spec = match (&args.schedule, &trained_under) {
         (Some(s), _) => s.clone(),
         (None, Some(s)) => s.clone(),
@@ -291,13 +335,27 @@ fn run(args: &Args) -> Result<()> {
     let env = Env {
         schedule: schedule.as_ref(),
         mixture: match &source {
-            Source::Mixture(m) => Some(m),
-            Source::Net(_) => None,
+            Source::Mixture(m) if guidance.is_none() => Some(m),
+            _ => None,
         },
         noise_seed: args.noise_seed,
     };
     let mut built = solver::build(&args.solver, &env)?;
-    let (device_oracle, device) = on_device(&source, args.device)?;
+    let guided = match (&guidance, &full, &args.class) {
+        (Some(g), Some(m), Some(c)) => Some(g.build(m, c, Some(&grid.times))?),
+        _ => None,
+    };
+    let (device_oracle, device) = match &guided {
+        Some(g) if args.device == Device::Cpu => (Box::new(g) as Box<dyn Oracle>, Device::Cpu),
+        Some(_) => {
+            return Err(Error::invalid(
+                "--device",
+                None,
+                "guided sampling runs on the CPU (--device cpu)",
+            ))
+        }
+        None => on_device(&source, args.device)?,
+    };
     let dim = device_oracle.dim();
     let x0 = initial(&init, mixture, &name, dim, &schedule.level(grid.times[0]))?;
     let oracle = Counted::new(device_oracle.as_ref());
@@ -332,6 +390,15 @@ fn run(args: &Args) -> Result<()> {
             "nfe": oracle.nfe(),
             "model_calls": calls,
             "init": init.record(),
+            "class": args.class,
+            "guidance": guidance.as_ref().map(|g| g.canonical.clone()),
+            "guidance_options": guidance.as_ref().map(|g| {
+                g.options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                    .collect::<Map<String, Value>>()
+            }),
+            "guidance_counts": guided.as_ref().map(|g| g.counts()),
             "out": args.out.display().to_string(),
             "n": x.nrows(),
             "pfode_version": env!("CARGO_PKG_VERSION"),

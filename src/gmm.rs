@@ -734,6 +734,67 @@ impl GaussianMixture {
         };
         Self::new(spec, &format!("marginal {coords:?}"))
     }
+    /// The class labels in order of first appearance (empty for a mixture without labels).
+    pub fn classes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for l in &self.spec.labels {
+            if !out.contains(l) {
+                out.push(l.clone());
+            }
+        }
+        out
+    }
+
+    /// The components of class `label`, or a one-line error naming the valid classes.
+    fn class_members(&self, label: &str) -> Result<Vec<usize>> {
+        if self.spec.labels.is_empty() {
+            return Err(Error::Domain(format!(
+                "class '{label}': the mixture has no labels (add \"labels\": [one string per component])"
+            )));
+        }
+        let members: Vec<usize> = (0..self.n_components())
+            .filter(|&k| self.spec.labels[k] == label)
+            .collect();
+        if members.is_empty() {
+            return Err(Error::Domain(format!(
+                "unknown class '{label}' (valid: {})",
+                self.classes().join(", ")
+            )));
+        }
+        Ok(members)
+    }
+
+    /// pi_c, the total weight of class `label`.
+    pub fn class_weight(&self, label: &str) -> Result<f64> {
+        Ok(self
+            .class_members(label)?
+            .iter()
+            .map(|&k| self.spec.weights[k])
+            .sum())
+    }
+
+    /// p(x | c): the components of class `label` with their weights divided by pi_c (labels
+    /// kept). A class of zero total weight is an error.
+    pub fn conditional(&self, label: &str) -> Result<Self> {
+        let members = self.class_members(label)?;
+        let pi: f64 = members.iter().map(|&k| self.spec.weights[k]).sum();
+        if pi <= 0.0 {
+            return Err(Error::Domain(format!(
+                "class '{label}' has total weight 0, so p(x | {label}) is undefined"
+            )));
+        }
+        let spec = MixtureSpec {
+            weights: members.iter().map(|&k| self.spec.weights[k] / pi).collect(),
+            means: members
+                .iter()
+                .map(|&k| self.spec.means[k].clone())
+                .collect(),
+            covs: members.iter().map(|&k| self.spec.covs[k].clone()).collect(),
+            labels: vec![label.to_string(); members.len()],
+        };
+        Self::new(spec, &format!("class '{label}'"))
+    }
+
     pub fn n_components(&self) -> usize {
         self.spec.weights.len()
     }

@@ -20,6 +20,7 @@ pub use schedule::{NoiseLevel, Schedule};
 pub mod gaussian_flow;
 pub mod gmm;
 pub mod grid;
+pub mod guidance;
 pub mod io;
 pub mod limits;
 pub mod metrics;

@@ -4,10 +4,12 @@
 //!
 //! | name | d | K | what |
 //! |---|---|---|---|
-//! | `ring2d` | 2 | 8 | equal weights, means on a circle of radius 4, covariance 0.05 I |
-//! | `aniso16` | 16 | 5 | unequal weights, means ~ N(0, 4 I), random-rotation covariances with eigenvalues log-spaced in [0.01, 1] (condition number 100) |
+//! | `ring2d` | 2 | 8 | equal weights, means on a circle of radius 4, covariance 0.05 I; classes A, B alternate |
+//! | `aniso16` | 16 | 5 | unequal weights, means ~ N(0, 4 I), random-rotation covariances with eigenvalues log-spaced in [0.01, 1] (condition number 100); classes A, B, A, B, A |
 //! | `gauss4` | 4 | 1 | one full-covariance Gaussian, mean (1, -2, 0.5, 1.5), eigenvalues (2, 0.8, 0.3, 0.1) |
 //! | `mix64` | 64 | 16 | random weights, means ~ N(0, 4 I), eigenvalues log-spaced in [0.1, 1]; for performance work |
+//! | `gauss2c` | 2 | 2 | two classes of one Gaussian each, for closed forms: A (weight 0.6) mean (1.5, 0.5), covariance [[0.5, 0.2], [0.2, 0.3]]; B (0.4) mean (-1, -1), covariance [[0.3, -0.1], [-0.1, 0.6]] |
+//! | `edm2_tree2d` | 2 | 2032 | the two-class (A, B) tree of the EDM2 toy example (Karras et al. 2024, `toy_example.py` `gt('AB')`), embedded from `results/problems/edm2_tree2d.json`, a copy of `../shared/data/edm2_tree2d.json` with its provenance |
 
 use crate::error::{Error, Result};
 use crate::gmm::{GaussianMixture, MixtureSpec};
@@ -15,7 +17,14 @@ use crate::rng::RowRng;
 use std::f64::consts::PI;
 use std::path::Path;
 
-pub const PROBLEMS: [&str; 4] = ["ring2d", "aniso16", "gauss4", "mix64"];
+/// The problems generated in code (and written by [`write_builtins`]).
+pub const PROBLEMS: [&str; 5] = ["ring2d", "aniso16", "gauss4", "mix64", "gauss2c"];
+
+/// Problems embedded from committed files (name, text); their files carry their own provenance.
+pub const EMBEDDED: [(&str, &str); 1] = [(
+    "edm2_tree2d",
+    include_str!("../results/problems/edm2_tree2d.json"),
+)];
 
 /// The seed a built-in problem is generated from (`None`: no randomness).
 pub fn seed(name: &str) -> Option<u64> {
@@ -106,15 +115,27 @@ pub fn builtin(name: &str) -> Result<MixtureSpec> {
                 })
                 .collect(),
             covs: vec![vec![vec![0.05, 0.0], vec![0.0, 0.05]]; 8],
-            ..Default::default()
+            labels: alternating(8),
         },
-        "aniso16" => random_mixture(
-            vec![0.35, 0.25, 0.2, 0.12, 0.08],
-            16,
-            2.0,
-            &log_spaced(16, 0.01, 1.0),
-            16,
-        ),
+        "aniso16" => MixtureSpec {
+            labels: alternating(5),
+            ..random_mixture(
+                vec![0.35, 0.25, 0.2, 0.12, 0.08],
+                16,
+                2.0,
+                &log_spaced(16, 0.01, 1.0),
+                16,
+            )
+        },
+        "gauss2c" => MixtureSpec {
+            weights: vec![0.6, 0.4],
+            means: vec![vec![1.5, 0.5], vec![-1.0, -1.0]],
+            covs: vec![
+                vec![vec![0.5, 0.2], vec![0.2, 0.3]],
+                vec![vec![0.3, -0.1], vec![-0.1, 0.6]],
+            ],
+            labels: vec!["A".into(), "B".into()],
+        },
         "gauss4" => {
             let q = random_basis(4, 4, 2);
             MixtureSpec {
@@ -125,7 +146,10 @@ pub fn builtin(name: &str) -> Result<MixtureSpec> {
             }
         }
         "mix64" => random_mix(16, 64, 64),
-        other => return Err(unknown(other)),
+        other => match EMBEDDED.iter().find(|(n, _)| *n == other) {
+            Some((n, text)) => MixtureSpec::from_json(text, &format!("<built-in {n}>"))?,
+            None => return Err(unknown(other)),
+        },
     })
 }
 
@@ -141,16 +165,22 @@ pub fn random_mix(k: usize, d: usize, seed: u64) -> MixtureSpec {
     random_mixture(weights, d, 2.0, &log_spaced(d, 0.1, 1.0), seed)
 }
 
+/// Labels A, B, A, B, ... for k components.
+fn alternating(k: usize) -> Vec<String> {
+    (0..k).map(|i| ["A", "B"][i % 2].to_string()).collect()
+}
+
 fn unknown(name: &str) -> Error {
     Error::Domain(format!(
-        "unknown problem '{name}' (valid: {}, or a .json file)",
-        PROBLEMS.join(", ")
+        "unknown problem '{name}' (valid: {}, {}, or a .json file)",
+        PROBLEMS.join(", "),
+        EMBEDDED.map(|(n, _)| n).join(", ")
     ))
 }
 
 /// A built-in problem by name, or a mixture file by path.
 pub fn load(name_or_path: &str) -> Result<GaussianMixture> {
-    if PROBLEMS.contains(&name_or_path) {
+    if PROBLEMS.contains(&name_or_path) || EMBEDDED.iter().any(|(n, _)| *n == name_or_path) {
         return GaussianMixture::new(
             builtin(name_or_path)?,
             &format!("<built-in {name_or_path}>"),

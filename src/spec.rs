@@ -86,6 +86,26 @@ impl Spec {
         Ok(value)
     }
 
+    /// Takes option `key` parsed as `T` if it is given (recorded for [`Spec::canonical`] only
+    /// then).
+    pub fn take_optional<T: FromStr + std::fmt::Display>(
+        &mut self,
+        key: &'static str,
+    ) -> Result<Option<T>> {
+        self.known.push(key);
+        let Some(v) = self.options.remove(key) else {
+            return Ok(None);
+        };
+        let value: T = v.parse().map_err(|_| {
+            self.error(format!(
+                "option '{key}': cannot parse '{v}' as {}",
+                std::any::type_name::<T>()
+            ))
+        })?;
+        self.taken.push((key, value.to_string()));
+        Ok(Some(value))
+    }
+
     /// Takes option `key`, which must be one of `choices`.
     pub fn take_choice(
         &mut self,

@@ -68,15 +68,15 @@ fn json_round_trip_is_bit_exact() {
     assert!(back == spec);
     // Class labels (the EDM2 tree toy's A and B) survive the round trip; none are written
     // when there are none.
-    let mut labelled = problems::builtin("ring2d").unwrap();
-    labelled.labels = (0..8).map(|k| ["A", "B"][k % 2].to_string()).collect();
+    let labelled = problems::builtin("ring2d").unwrap();
     let text = labelled.to_json(&[]);
     assert!(
         text.contains(r#""labels": ["A","B","A","B","A","B","A","B"]"#),
         "{text}"
     );
     assert!(MixtureSpec::from_json(&text, "mem").unwrap() == labelled);
-    assert!(!spec.to_json(&[]).contains("labels"));
+    let gauss = problems::builtin("gauss4").unwrap();
+    assert!(gauss.labels.is_empty() && !gauss.to_json(&[]).contains("labels"));
 }
 
 /// (file content, expected error message).
@@ -166,7 +166,7 @@ fn malformed_files_name_the_field() {
     let err = problems::load("ring3d").unwrap_err().to_string();
     assert_eq!(
         err,
-        "unknown problem 'ring3d' (valid: ring2d, aniso16, gauss4, mix64, or a .json file)"
+        "unknown problem 'ring3d' (valid: ring2d, aniso16, gauss4, mix64, gauss2c, edm2_tree2d, or a .json file)"
     );
 }
 
@@ -218,7 +218,13 @@ fn cli_writes_the_builtins_atomically() {
     names.sort();
     assert_eq!(
         names,
-        ["aniso16.json", "gauss4.json", "mix64.json", "ring2d.json"]
+        [
+            "aniso16.json",
+            "gauss2c.json",
+            "gauss4.json",
+            "mix64.json",
+            "ring2d.json"
+        ]
     );
     for name in problems::PROBLEMS {
         let spec = MixtureSpec::from_file(dir.join(format!("{name}.json"))).unwrap();

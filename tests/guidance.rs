@@ -1,0 +1,429 @@
+//! Conditional mixtures, the exact classifier and the guided oracles: every rule against values
+//! computed by hand from its formula, the cross-space equivalence of CFG, s = 1 and outside the
+//! window bit for bit equal to conditional sampling, exact counts, and one-line errors.
+
+use pfode::grid::Grid;
+use pfode::guidance::{Classifier, Guidance};
+use pfode::ndarray::{array, Array2};
+use pfode::solver::{self, Env, Model};
+use pfode::{problems, schedule, Counted, GaussianMixture, NoiseLevel, Oracle, Prediction};
+use std::process::Command;
+
+fn points() -> Array2<f64> {
+    array![[0.3, -0.2], [1.1, 0.9], [-1.4, 0.2], [2.0, -1.5]]
+}
+
+fn predict(o: &dyn Oracle, kind: Prediction, x: &Array2<f64>, at: &NoiseLevel) -> Array2<f64> {
+    let mut out = Array2::zeros(x.dim());
+    o.predict(kind, x.view(), at, out.view_mut()).unwrap();
+    out
+}
+
+fn level(t: f64) -> NoiseLevel {
+    schedule::parse("vp-linear").unwrap().level(t)
+}
+
+#[test]
+fn conditional_mixtures_and_their_errors() {
+    let ring = problems::load("ring2d").unwrap();
+    assert_eq!(ring.classes(), ["A", "B"]);
+    let a = ring.conditional("A").unwrap();
+    assert_eq!(a.weights(), [0.25; 4]);
+    assert_eq!(a.mean(1).to_vec(), ring.mean(2).to_vec());
+    assert_eq!(ring.class_weight("B").unwrap(), 0.5);
+    let e = ring.conditional("C").unwrap_err().to_string();
+    assert_eq!(e, "unknown class 'C' (valid: A, B)");
+    let e = problems::load("gauss4")
+        .unwrap()
+        .conditional("A")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no labels"), "{e}");
+    let mut spec = problems::builtin("gauss2c").unwrap();
+    spec.weights = vec![1.0, 0.0];
+    let m = GaussianMixture::new(spec, "mem").unwrap();
+    let e = m.conditional("B").unwrap_err().to_string();
+    assert!(e.contains("total weight 0"), "{e}");
+    let tree = problems::load("edm2_tree2d").unwrap();
+    assert_eq!(
+        (tree.n_components(), tree.classes()),
+        (2032, vec!["A".to_string(), "B".into()])
+    );
+    // Labels of the wrong length are a one-line error naming the field.
+    let mut bad = problems::builtin("ring2d").unwrap();
+    bad.labels.pop();
+    let e = GaussianMixture::new(bad, "f.json").unwrap_err().to_string();
+    assert!(
+        e.contains("labels") && e.contains("expected 8 entries"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_classifier_is_bayes_and_its_gradient_matches_finite_differences() {
+    let m = problems::load("gauss2c").unwrap();
+    let x = points();
+    for t in [0.05, 0.4, 0.9] {
+        let at = level(t);
+        let (ca, cb) = (
+            Classifier::new(&m, "A").unwrap(),
+            Classifier::new(&m, "B").unwrap(),
+        );
+        let (la, lb) = (
+            ca.log_prob(x.view(), &at).unwrap(),
+            cb.log_prob(x.view(), &at).unwrap(),
+        );
+        for (a, b) in la.iter().zip(&lb) {
+            assert!((a.exp() + b.exp() - 1.0).abs() < 1e-13, "{a} {b}");
+        }
+        let mut g = Array2::zeros(x.dim());
+        ca.grad(x.view(), &at, g.view_mut()).unwrap();
+        let h = 1e-5;
+        for i in 0..x.nrows() {
+            for j in 0..2 {
+                let (mut xp, mut xm) = (x.clone(), x.clone());
+                xp[[i, j]] += h;
+                xm[[i, j]] -= h;
+                let fd = (ca.log_prob(xp.view(), &at).unwrap()[i]
+                    - ca.log_prob(xm.view(), &at).unwrap()[i])
+                    / (2.0 * h);
+                assert!(
+                    (fd - g[[i, j]]).abs() < 1e-7 * (1.0 + fd.abs()),
+                    "t {t}: {fd} vs {}",
+                    g[[i, j]]
+                );
+            }
+        }
+    }
+}
+
+/// E[x0 | x_t] for one Gaussian N(mu, C): mu + alpha C (alpha^2 C + sigma^2 I)^-1 (x - alpha mu),
+/// by hand for d = 2.
+fn gaussian_x0(mu: [f64; 2], c: [[f64; 2]; 2], at: &NoiseLevel, x: [f64; 2]) -> [f64; 2] {
+    let (a, s2) = (at.alpha, at.sigma * at.sigma);
+    let m = [
+        [a * a * c[0][0] + s2, a * a * c[0][1]],
+        [a * a * c[1][0], a * a * c[1][1] + s2],
+    ];
+    let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    let inv = [
+        [m[1][1] / det, -m[0][1] / det],
+        [-m[1][0] / det, m[0][0] / det],
+    ];
+    let r = [x[0] - a * mu[0], x[1] - a * mu[1]];
+    let y = [
+        inv[0][0] * r[0] + inv[0][1] * r[1],
+        inv[1][0] * r[0] + inv[1][1] * r[1],
+    ];
+    [
+        mu[0] + a * (c[0][0] * y[0] + c[0][1] * y[1]),
+        mu[1] + a * (c[1][0] * y[0] + c[1][1] * y[1]),
+    ]
+}
+
+#[test]
+fn cfg_apg_cfg_zero_and_classifier_against_their_formulas() {
+    let m = problems::load("gauss2c").unwrap();
+    let x = points();
+    let at = level(0.3);
+    let (mu_b, c_b) = ([-1.0, -1.0], [[0.3, -0.1], [-0.1, 0.6]]);
+    let (mu_a, c_a) = ([1.5, 0.5], [[0.5, 0.2], [0.2, 0.3]]);
+    // cfg with the other class as the guide: x0 = g + s (c - g), each a closed-form Gaussian mean.
+    let g = Guidance::parse("cfg:scale=3,guide=B,space=x0").unwrap();
+    let guided = g.build(&m, "A", None).unwrap();
+    let got = predict(&guided, Prediction::X0, &x, &at);
+    for i in 0..x.nrows() {
+        let xi = [x[[i, 0]], x[[i, 1]]];
+        let (c, gd) = (
+            gaussian_x0(mu_a, c_a, &at, xi),
+            gaussian_x0(mu_b, c_b, &at, xi),
+        );
+        for j in 0..2 {
+            let want = gd[j] + 3.0 * (c[j] - gd[j]);
+            assert!(
+                (got[[i, j]] - want).abs() < 1e-12,
+                "{} vs {want}",
+                got[[i, j]]
+            );
+        }
+    }
+    assert_eq!(guided.counts().oracle_calls, 2);
+
+    let (cond, full) = (m.conditional("A").unwrap(), &m);
+    let c0 = predict(&cond, Prediction::X0, &x, &at);
+    let u0 = predict(full, Prediction::X0, &x, &at);
+    // APG in x0 space: D = c - u, clipped to norm r, split along c; c + (s - 1)(D_orth + eta D_par).
+    let apg = Guidance::parse("apg:scale=4,eta=0.25,threshold=0.5").unwrap();
+    let got = predict(&apg.build(&m, "A", None).unwrap(), Prediction::X0, &x, &at);
+    for i in 0..x.nrows() {
+        let mut dv = [c0[[i, 0]] - u0[[i, 0]], c0[[i, 1]] - u0[[i, 1]]];
+        let n = dv[0].hypot(dv[1]);
+        let f = (0.5 / n).min(1.0);
+        dv = [dv[0] * f, dv[1] * f];
+        let cn = c0[[i, 0]].hypot(c0[[i, 1]]);
+        let v1 = [c0[[i, 0]] / cn, c0[[i, 1]] / cn];
+        let p = dv[0] * v1[0] + dv[1] * v1[1];
+        for j in 0..2 {
+            let want = c0[[i, j]] + 3.0 * ((dv[j] - p * v1[j]) + 0.25 * p * v1[j]);
+            assert!(
+                (got[[i, j]] - want).abs() < 1e-13,
+                "apg {} vs {want}",
+                got[[i, j]]
+            );
+        }
+    }
+    // CFG-Zero* in velocity space, after its zero-init evaluation.
+    let cz = Guidance::parse("cfg-zero:scale=2.5,zero_init=1").unwrap();
+    let cz = cz.build(&m, "A", None).unwrap();
+    let first = predict(&cz, Prediction::Velocity, &x, &at);
+    assert!(first.iter().all(|&v| v == 0.0));
+    let got = predict(&cz, Prediction::Velocity, &x, &at);
+    let cv = predict(&cond, Prediction::Velocity, &x, &at);
+    let uv = predict(full, Prediction::Velocity, &x, &at);
+    for i in 0..x.nrows() {
+        let dot = cv[[i, 0]] * uv[[i, 0]] + cv[[i, 1]] * uv[[i, 1]];
+        let a = dot / (uv[[i, 0]].powi(2) + uv[[i, 1]].powi(2) + 1e-8);
+        for j in 0..2 {
+            let want = a * uv[[i, j]] + 2.5 * (cv[[i, j]] - a * uv[[i, j]]);
+            assert!(
+                (got[[i, j]] - want).abs() < 1e-12,
+                "cfg-zero {} vs {want}",
+                got[[i, j]]
+            );
+        }
+    }
+    assert_eq!(cz.counts().evaluations, 2);
+    assert_eq!(cz.counts().oracle_calls, 2);
+    // Classifier guidance at s = 1 is the conditional model: eps_u - sigma grad ln p(c|x) = eps_c.
+    let cl = Guidance::parse("classifier:scale=1")
+        .unwrap()
+        .build(&m, "A", None)
+        .unwrap();
+    let got = predict(&cl, Prediction::Eps, &x, &at);
+    let want = predict(&cond, Prediction::Eps, &x, &at);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+    }
+    let cl3 = Guidance::parse("classifier:scale=3")
+        .unwrap()
+        .build(&m, "A", None)
+        .unwrap();
+    let got = predict(&cl3, Prediction::Eps, &x, &at);
+    let eu = predict(full, Prediction::Eps, &x, &at);
+    let mut grad = Array2::zeros(x.dim());
+    Classifier::new(&m, "A")
+        .unwrap()
+        .grad(x.view(), &at, grad.view_mut())
+        .unwrap();
+    for ((g, u), d) in got.iter().zip(&eu).zip(&grad) {
+        assert!((g - (u - 3.0 * at.sigma * d)).abs() < 1e-13);
+    }
+}
+
+fn run_solver(o: &dyn Oracle, solver: &str, steps: usize) -> (Array2<f64>, usize) {
+    let s = schedule::parse("vp-linear").unwrap();
+    let grid = Grid::parse(
+        &format!("logsnr:steps={steps},t_start=1,t_end=0.001"),
+        s.as_ref(),
+    )
+    .unwrap();
+    let env = Env {
+        schedule: s.as_ref(),
+        mixture: None,
+        noise_seed: 0,
+    };
+    let counted = Counted::new(o);
+    let model = Model::new(&counted, s.as_ref());
+    let x =
+        problems::load("gauss2c")
+            .unwrap()
+            .sample(16, s.level(1.0).alpha, s.level(1.0).sigma, 3);
+    let mut built = solver::build(solver, &env).unwrap();
+    (
+        solver::integrate(built.solver.as_mut(), &model, &grid, x.view()).unwrap(),
+        counted.nfe(),
+    )
+}
+
+#[test]
+fn cfg_gives_the_same_sampler_in_every_prediction_space() {
+    let m = problems::load("gauss2c").unwrap();
+    for solver in ["ddim", "dpm-solver++:order=2", "heun"] {
+        let mut outs = Vec::new();
+        for space in ["eps", "x0", "score", "v", "velocity"] {
+            let g = Guidance::parse(&format!("cfg:scale=2.5,space={space}")).unwrap();
+            let guided = g.build(&m, "A", None).unwrap();
+            let (x, nfe) = run_solver(&guided, solver, 12);
+            let counts = guided.counts();
+            assert_eq!(counts.evaluations, nfe);
+            assert_eq!((counts.guided, counts.oracle_calls), (nfe, 2 * nfe));
+            outs.push(x);
+        }
+        for o in &outs[1..] {
+            let diff = (o - &outs[0])
+                .mapv(f64::abs)
+                .fold(0.0_f64, |a, &b| a.max(b));
+            assert!(diff < 1e-11, "{solver}: {diff}");
+        }
+    }
+}
+
+#[test]
+fn no_guidance_is_conditional_sampling_bit_for_bit() {
+    let m = problems::load("gauss2c").unwrap();
+    let cond = m.conditional("A").unwrap();
+    for solver in ["ddim", "dpm-solver++:order=3", "unipc", "rk4"] {
+        let (want, nfe) = run_solver(&cond, solver, 10);
+        for spec in [
+            "cfg:scale=1",
+            "apg:scale=1,eta=0.5",
+            "interval:scale=4,sigma_lo=1000,sigma_hi=2000",
+            "cfg:scale=3,start=0,stop=0",
+        ] {
+            let g = Guidance::parse(spec).unwrap();
+            let s = schedule::parse("vp-linear").unwrap();
+            let grid = Grid::parse("logsnr:steps=10,t_start=1,t_end=0.001", s.as_ref()).unwrap();
+            let guided = g.build(&m, "A", Some(&grid.times)).unwrap();
+            let (got, n) = run_solver(&guided, solver, 10);
+            assert_eq!(n, nfe);
+            assert!(
+                got == want,
+                "{spec} with {solver} differs from conditional sampling"
+            );
+            assert_eq!(guided.counts().guided, 0);
+            assert_eq!(guided.counts().oracle_calls, nfe);
+        }
+    }
+}
+
+#[test]
+fn windows_guide_exactly_where_they_say() {
+    let m = problems::load("gauss2c").unwrap();
+    let s = schedule::parse("vp-linear").unwrap();
+    let grid = Grid::parse("logsnr:steps=10,t_start=1,t_end=0.001", s.as_ref()).unwrap();
+    // diffusers' fractions: steps floor(0.2 n) = 2 <= i < floor(0.7 n) = 7 are guided (DDIM: one
+    // evaluation per step at t_i).
+    let g = Guidance::parse("cfg:scale=3,start=0.2,stop=0.7").unwrap();
+    let guided = g.build(&m, "A", Some(&grid.times)).unwrap();
+    let (_, nfe) = run_solver(&guided, "ddim", 10);
+    assert_eq!(nfe, 10);
+    assert_eq!(guided.counts().guided, 5);
+    assert_eq!(guided.counts().oracle_calls, 15);
+    // In EDM sigma: the steps with lo < sigma_t / alpha_t <= hi.
+    let (lo, hi) = (0.3, 2.0);
+    let want = grid.times[..10]
+        .iter()
+        .filter(|&&t| {
+            let l = s.level(t);
+            lo < l.sigma / l.alpha && l.sigma / l.alpha <= hi
+        })
+        .count();
+    assert!(want > 0 && want < 10);
+    let g = Guidance::parse(&format!("interval:scale=3,sigma_lo={lo},sigma_hi={hi}")).unwrap();
+    let guided = g.build(&m, "A", None).unwrap();
+    run_solver(&guided, "ddim", 10);
+    assert_eq!(guided.counts().guided, want);
+}
+
+#[test]
+fn bad_guidance_specs_are_one_line_errors() {
+    for (spec, needle) in [
+        ("nope:scale=2", "unknown guidance method 'nope'"),
+        ("cfg:scale=2,sigma_lo=0.1,start=0.2", "not both"),
+        ("autoguidance:scale=2", "needs guide=FILE"),
+        ("cfg:scale=2,bogus=1", "unknown option 'bogus'"),
+        ("cfg:scale=2,space=noise", "unknown prediction type 'noise'"),
+        ("cfg:scale=2,start=0.8,stop=0.2", "start <= stop"),
+        (
+            "interval:scale=2,sigma_lo=3,sigma_hi=1",
+            "sigma_lo < sigma_hi",
+        ),
+        ("apg:threshold=-1", "negative"),
+    ] {
+        let e = Guidance::parse(spec).unwrap_err().to_string();
+        assert!(e.contains(needle), "{spec}: {e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+    let m = problems::load("gauss2c").unwrap();
+    let e = Guidance::parse("cfg:guide=C")
+        .unwrap()
+        .build(&m, "A", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown class 'C'"), "{e}");
+    let e = Guidance::parse("cfg:start=0.1")
+        .unwrap()
+        .build(&m, "A", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs the sampler's grid"), "{e}");
+}
+
+#[test]
+fn sample_cli_takes_a_class_and_a_guidance() {
+    let dir = std::env::temp_dir().join(format!("pfode-guid-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("x.npy");
+    let rec = dir.join("r.json");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sample"))
+            .args([
+                "--problem",
+                "gauss2c",
+                "--grid",
+                "logsnr:steps=8",
+                "--solver",
+                "ddim",
+            ])
+            .args(["--init", "prior", "--n", "50", "--seed", "1"])
+            .arg("--out")
+            .arg(&out)
+            .arg("--record")
+            .arg(&rec)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "--class",
+        "A",
+        "--guidance",
+        "interval:scale=2,sigma_lo=0.5,sigma_hi=3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).unwrap()).unwrap();
+    assert_eq!(r["class"], "A");
+    assert_eq!(
+        r["guidance"],
+        "interval:scale=2,guide=uncond,sigma_lo=0.5,sigma_hi=3"
+    );
+    assert_eq!(r["nfe"], 8);
+    let c = &r["guidance_counts"];
+    assert_eq!(c["evaluations"], 8);
+    assert_eq!(
+        c["oracle_calls"].as_u64().unwrap(),
+        8 + c["guided"].as_u64().unwrap()
+    );
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(&rec).unwrap();
+    for (extra, needle) in [
+        (vec!["--class", "Z"], "unknown class 'Z' (valid: A, B)"),
+        (vec!["--guidance", "cfg:scale=2"], "needs --class"),
+        (
+            vec!["--class", "A", "--guidance", "cfg:scale=2,guide=Q"],
+            "unknown class 'Q'",
+        ),
+        (
+            vec!["--class", "A", "--guidance", "cfgg"],
+            "unknown guidance method",
+        ),
+    ] {
+        let o = run(&extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!out.exists() && !rec.exists());
+    }
+}
