@@ -5,6 +5,7 @@
 //! regenerated.
 
 use pfode::study::convergence::{self, Convergence};
+use pfode::study::guidance::{self as guid, GuidanceStudy};
 use pfode::study::learned::{self, Learned};
 use pfode::study::ot_gap::{self, OtGap};
 use pfode::study::sde::{self, Sde};
@@ -75,6 +76,18 @@ fn ot_gap_results_match_the_code() {
     let doc = committed::<OtGap>("results/ot_gap.json");
     same_config(&doc, &ot_gap::Config::main());
     recompute(&OtGap, &doc, "gauss4|flow");
+}
+
+#[test]
+fn guidance_results_match_the_code() {
+    let doc = committed::<GuidanceStudy>("results/guidance.json");
+    same_config(&doc, &guid::Config::main());
+    recompute(&GuidanceStudy, &doc, "gaussian|flow|cfg|3");
+    recompute(
+        &GuidanceStudy,
+        &doc,
+        "mixture|ring2d|apg:eta=0,momentum=-0.5,threshold=4|2",
+    );
 }
 
 #[test]

@@ -427,3 +427,99 @@ fn sample_cli_takes_a_class_and_a_guidance() {
         assert!(!out.exists() && !rec.exists());
     }
 }
+
+#[test]
+fn the_tilted_law_and_the_guided_gaussian_law() {
+    use pfode::metrics::law::GaussianLaw;
+    use pfode::study::guidance::tilted;
+    let m = problems::load("gauss2c").unwrap();
+    let (a, b) = (m.conditional("A").unwrap(), m.conditional("B").unwrap());
+    let la = GaussianLaw::marginal(a.component(0), 1.0, 0.0);
+    let lb = GaussianLaw::marginal(b.component(0), 1.0, 0.0);
+    // s = 1 is the class law, s = 0 the guide's; s = 3 is not normalizable here.
+    assert!(tilted(&la, &lb, 1.0).unwrap().unwrap().w2(&la).unwrap() < 1e-12);
+    assert!(tilted(&la, &lb, 0.0).unwrap().unwrap().w2(&lb).unwrap() < 1e-12);
+    assert!(tilted(&la, &lb, 3.0).unwrap().is_none());
+    // The tilted law at s = 1.5 by hand in 2-D: precision 1.5 P_A - 0.5 P_B.
+    let inv = |c: [[f64; 2]; 2]| {
+        let det = c[0][0] * c[1][1] - c[0][1] * c[1][0];
+        [
+            [c[1][1] / det, -c[0][1] / det],
+            [-c[1][0] / det, c[0][0] / det],
+        ]
+    };
+    let (pa, pb) = (
+        inv([[0.5, 0.2], [0.2, 0.3]]),
+        inv([[0.3, -0.1], [-0.1, 0.6]]),
+    );
+    let p = [
+        [
+            1.5 * pa[0][0] - 0.5 * pb[0][0],
+            1.5 * pa[0][1] - 0.5 * pb[0][1],
+        ],
+        [
+            1.5 * pa[1][0] - 0.5 * pb[1][0],
+            1.5 * pa[1][1] - 0.5 * pb[1][1],
+        ],
+    ];
+    let c = inv(p);
+    let r = [
+        1.5 * (pa[0][0] * 1.5 + pa[0][1] * 0.5) - 0.5 * (-pb[0][0] - pb[0][1]),
+        1.5 * (pa[1][0] * 1.5 + pa[1][1] * 0.5) - 0.5 * (-pb[1][0] - pb[1][1]),
+    ];
+    let mean = [
+        c[0][0] * r[0] + c[0][1] * r[1],
+        c[1][0] * r[0] + c[1][1] * r[1],
+    ];
+    let t = tilted(&la, &lb, 1.5).unwrap().unwrap();
+    for j in 0..2 {
+        assert!(
+            (t.mean[j] - mean[j]).abs() < 1e-12,
+            "{} vs {}",
+            t.mean[j],
+            mean[j]
+        );
+        for (k, &ck) in c[j].iter().enumerate() {
+            assert!((t.cov()[[j, k]] - ck).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn guided_gaussian_laws_converge_to_the_guided_ode_and_unguided_to_the_class() {
+    use pfode::study::guidance::{Config, GuidanceStudy};
+    use pfode::study::{Study, Unit};
+    let config = Config {
+        steps: vec![5, 10, 20, 40],
+        solvers: vec!["dpm-solver++:order=2".into()],
+        ..Config::main()
+    };
+    let unit = |key: &str| Unit {
+        key: key.into(),
+        group: key.into(),
+    };
+    let (_, pts) = GuidanceStudy
+        .run(&config, &unit("gaussian|vp-linear|cfg|3"))
+        .unwrap();
+    let w2: Vec<f64> = pts.iter().map(|p| p.w2_limit.unwrap()).collect();
+    // Second order: each halving of the step cuts the error to the guided ODE's law by > 2.5.
+    for w in w2.windows(2) {
+        assert!(w[1] < w[0] / 2.5, "{w2:?}");
+    }
+    assert!(pts
+        .iter()
+        .all(|p| p.oracle_calls == 2 * p.nfe && p.w2_tilted.is_none()));
+    let (_, pts) = GuidanceStudy
+        .run(&config, &unit("gaussian|vp-linear|cfg|1"))
+        .unwrap();
+    for p in &pts {
+        // Unguided, the guided ODE is the class's own PF-ODE: its law is the class law.
+        assert!(
+            (p.w2_limit.unwrap() - p.w2_class.unwrap()).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert!((p.w2_class.unwrap() - p.w2_tilted.unwrap()).abs() < 1e-12);
+        assert_eq!(p.oracle_calls, p.nfe);
+    }
+    assert!(pts.last().unwrap().w2_class.unwrap() < 0.01);
+}
