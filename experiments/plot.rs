@@ -175,6 +175,11 @@ fn run(args: &Args) -> Result<()> {
             mkdir()?;
             plot::learned(&doc, &args.out_dir)?
         }
+        "guidance" => {
+            let doc = study::read::<pfode::study::guidance::GuidanceStudy>(&args.results)?;
+            mkdir()?;
+            plot::guidance(&doc, &args.out_dir)?
+        }
         "train" => {
             let text = std::fs::read_to_string(&args.results).map_err(|e| Error::io(&args.results, e))?;
             let log: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
@@ -187,7 +192,7 @@ fn run(args: &Args) -> Result<()> {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
-                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, train)"),
+                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, train)"),
             ))
         }
     };

@@ -36,12 +36,16 @@ fn run(args: &Args) -> Result<()> {
             let doc = study::read::<pfode::study::learned::Learned>(&args.results)?;
             (table::learned(&doc), doc.provenance)
         }
+        "guidance" => {
+            let doc = study::read::<pfode::study::guidance::GuidanceStudy>(&args.results)?;
+            (table::guidance(&doc), doc.provenance)
+        }
         other => {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
                 format!(
-                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact)"
+                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance)"
                 ),
             ))
         }

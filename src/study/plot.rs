@@ -1073,3 +1073,211 @@ pub fn samples(
     });
     Ok(out)
 }
+
+/// The `guidance` study. Per schedule of the Gaussian part: W2 of each solver's output law to the
+/// class law against the scale (at the largest step count; the tilted law's W2 dashed where it
+/// exists), and W2 to the guided ODE's own law against NFE at the largest scale below 4. Per
+/// mixture: class precision against NLL under p(x | c), one curve per method over the scales;
+/// for 2-D mixtures a panel of samples (rows: methods, columns: scales 1, 2, 4, 8) over the
+/// class density.
+pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    let cfg = &doc.config;
+    let name = |m: &str| m.split(':').next().unwrap_or(m).to_string();
+    let max_steps = cfg.steps.iter().copied().max().unwrap_or(0);
+    let s_nfe = cfg
+        .scales
+        .iter()
+        .copied()
+        .filter(|&s| s < 4.0)
+        .fold(1.0, f64::max);
+    for sched in &cfg.schedules {
+        let g: Vec<_> = doc
+            .points
+            .iter()
+            .filter(|p| p.part == "gaussian" && &p.schedule == sched)
+            .collect();
+        let mut a: Vec<Series> = Vec::new();
+        let mut b: Vec<Series> = Vec::new();
+        for m in unique(g.iter().map(|p| name(&p.method))) {
+            for solver in &cfg.solvers {
+                let mine: Vec<_> = g
+                    .iter()
+                    .filter(|p| name(&p.method) == m && &p.solver == solver)
+                    .collect();
+                let at_max = mine.iter().filter(|p| p.steps == max_steps);
+                a.push((
+                    format!("{m}, {solver}"),
+                    at_max
+                        .clone()
+                        .filter_map(|p| Some((p.scale, p.w2_class?)))
+                        .collect(),
+                    false,
+                ));
+                if solver == &cfg.solvers[0] {
+                    a.push((
+                        format!("{m}, {solver}: to the tilted law"),
+                        at_max
+                            .filter_map(|p| Some((p.scale, p.w2_tilted?)))
+                            .collect(),
+                        true,
+                    ));
+                }
+                b.push((
+                    format!("{m}, {solver}"),
+                    mine.iter()
+                        .filter(|p| p.scale == s_nfe)
+                        .filter_map(|p| Some((p.nfe as f64, p.w2_limit?)))
+                        .collect(),
+                    m != "cfg",
+                ));
+            }
+        }
+        let stem = dir.join(format!(
+            "guidance_gaussian_{}",
+            sched.replace([':', ','], "_")
+        ));
+        render!(&stem, (1240, 560 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((1, 2));
+            series_panel(
+                &panels[0],
+                &format!(
+                    "{}: guided output law vs p(x | {}), {sched}, {max_steps} steps",
+                    cfg.gaussian, cfg.class
+                ),
+                ("guidance scale s", "W2"),
+                &a,
+            )?;
+            series_panel(
+                &panels[1],
+                &format!("W2 to the guided ODE's own law at s = {s_nfe}"),
+                ("NFE", "W2"),
+                &b,
+            )?;
+        });
+    }
+    for problem in &cfg.mixtures {
+        let mix: Vec<_> = doc
+            .points
+            .iter()
+            .filter(|p| p.part == "mixture" && &p.problem == problem)
+            .collect();
+        let methods = unique(mix.iter().map(|p| name(&p.method)));
+        let curves: Vec<(String, Vec<(f64, f64)>)> = methods
+            .iter()
+            .map(|m| {
+                let pts = mix
+                    .iter()
+                    .filter(|p| &name(&p.method) == m)
+                    .filter_map(|p| Some((p.precision?, p.nll?)))
+                    .collect();
+                (m.clone(), pts)
+            })
+            .collect();
+        let span = |f: fn(&(f64, f64)) -> f64| {
+            let v: Vec<f64> = curves.iter().flat_map(|c| c.1.iter().map(f)).collect();
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let pad = ((hi - lo) * 0.05).max(1e-6);
+            lo - pad..hi + pad
+        };
+        let (xr, yr) = (span(|p| p.0), span(|p| p.1));
+        let stem = dir.join(format!("guidance_precision_nll_{problem}"));
+        render!(&stem, (760, 560 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let mut chart = ChartBuilder::on(&main)
+                .caption(
+                    format!(
+                        "{problem}, class {}: precision vs NLL over s = {:?}",
+                        cfg.class, cfg.scales
+                    ),
+                    ("sans-serif", 15),
+                )
+                .margin(8)
+                .x_label_area_size(32)
+                .y_label_area_size(56)
+                .build_cartesian_2d(xr.clone(), yr.clone())
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc("class precision: mean exact p(c | x)")
+                .y_desc("NLL under p(x | c) (nats)")
+                .label_style(("sans-serif", 11))
+                .draw()
+                .map_err(err)?;
+            for (i, (label, pts)) in curves.iter().enumerate() {
+                let style = color(i).stroke_width(2);
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), style))
+                    .map_err(err)?
+                    .label(label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color(i).filled())))
+                    .map_err(err)?;
+            }
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        });
+        let with_panel: Vec<_> = mix.iter().filter(|p| !p.panel.is_empty()).collect();
+        if with_panel.is_empty() {
+            continue;
+        }
+        let scales = unique(with_panel.iter().map(|p| p.scale.to_string()));
+        let m = problems::load(problem)?.conditional(&cfg.class)?;
+        let all: Vec<f64> = with_panel
+            .iter()
+            .flat_map(|p| p.panel.iter().flat_map(|q| [q[0], q[1]]))
+            .collect();
+        let (lo, hi) = all
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        let r = lo - 0.05 * (hi - lo)..hi + 0.05 * (hi - lo);
+        let dens = density(&m, 1.0, 1e-3, r.clone(), r.clone(), 120)?;
+        let (rows, cols) = (methods.len(), scales.len());
+        let stem = dir.join(format!("guidance_samples_{problem}"));
+        render!(
+            &stem,
+            (220 * cols as u32, 220 * rows as u32 + 36),
+            out,
+            |root| {
+                let main = footer(&root, &doc.provenance)?;
+                let cells = main.split_evenly((rows, cols));
+                for (ri, meth) in methods.iter().enumerate() {
+                    for (ci, s) in scales.iter().enumerate() {
+                        let cell = &cells[ri * cols + ci];
+                        let mut chart = ChartBuilder::on(cell)
+                            .caption(format!("{meth} s = {s}"), ("sans-serif", 11))
+                            .margin(3)
+                            .build_cartesian_2d(r.clone(), r.clone())
+                            .map_err(err)?;
+                        chart
+                            .draw_series(density_bands(&dens, r.clone(), r.clone()))
+                            .map_err(err)?;
+                        if let Some(p) = with_panel
+                            .iter()
+                            .find(|p| &name(&p.method) == meth && &p.scale.to_string() == s)
+                        {
+                            chart
+                                .draw_series(p.panel.iter().map(|q| {
+                                    Circle::new(
+                                        (q[0], q[1]),
+                                        1,
+                                        RGBColor(200, 60, 40).mix(0.6).filled(),
+                                    )
+                                }))
+                                .map_err(err)?;
+                        }
+                    }
+                }
+            }
+        );
+    }
+    Ok(out)
+}

@@ -448,3 +448,85 @@ pub fn learned(doc: &Doc<super::learned::Learned>) -> Vec<Table> {
     }
     tables
 }
+
+/// The `guidance` study: per schedule, W2 of each solver's guided output law (at the largest step
+/// count) to the class law, the tilted law and the guided ODE's own law, by scale; per mixture,
+/// precision / NLL / off-support fraction / MMD^2 of every method at every scale.
+pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>) -> Vec<Table> {
+    let cfg = &doc.config;
+    let max_steps = cfg.steps.iter().copied().max().unwrap_or(0);
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), sci);
+    let mut tables = Vec::new();
+    for sched in &cfg.schedules {
+        let rows: Vec<Vec<String>> = doc
+            .points
+            .iter()
+            .filter(|p| p.part == "gaussian" && &p.schedule == sched && p.steps == max_steps)
+            .map(|p| {
+                vec![
+                    p.method.clone(),
+                    p.solver.clone(),
+                    p.nfe.to_string(),
+                    opt(p.w2_class),
+                    opt(p.w2_tilted),
+                    opt(p.w2_limit),
+                    opt(p.kl_class),
+                ]
+            })
+            .collect();
+        tables.push(Table {
+            title: format!(
+                "{}: class {} guided against {} on {sched}, {max_steps} steps: W2 of the exact output law",
+                cfg.gaussian, cfg.class, cfg.guide
+            ),
+            header: ["guidance", "solver", "NFE", "W2 to p(x|c)", "W2 to tilted", "W2 to guided ODE", "KL to p(x|c)"]
+                .map(String::from)
+                .to_vec(),
+            bold: vec![vec![false; 7]; rows.len()],
+            rows,
+        });
+    }
+    for problem in &cfg.mixtures {
+        let rows: Vec<Vec<String>> = doc
+            .points
+            .iter()
+            .filter(|p| p.part == "mixture" && &p.problem == problem)
+            .map(|p| {
+                vec![
+                    p.method.clone(),
+                    format!("{}", p.scale),
+                    p.oracle_calls.to_string(),
+                    p.precision.map_or("-".into(), |v| format!("{v:.4}")),
+                    match (p.nll, p.nll_se) {
+                        (Some(v), Some(se)) => format!("{v:.3} ± {se:.3}"),
+                        _ => "-".into(),
+                    },
+                    p.off_support.map_or("-".into(), |v| format!("{v:.4}")),
+                    opt(p.mmd2),
+                    opt(p.sliced_w2),
+                ]
+            })
+            .collect();
+        tables.push(Table {
+            title: format!(
+                "{problem}, class {}: {} with {} steps, {} samples",
+                cfg.class, cfg.mixture_solver, cfg.mixture_steps, cfg.samples
+            ),
+            header: [
+                "guidance",
+                "s",
+                "oracle calls",
+                "precision",
+                "NLL under p(x|c)",
+                "off support",
+                "MMD^2",
+                "sliced W2",
+            ]
+            .map(String::from)
+            .to_vec(),
+            bold: vec![vec![false; 8]; rows.len()],
+            rows,
+        });
+    }
+    tables
+}
