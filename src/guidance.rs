@@ -65,17 +65,27 @@ impl Classifier {
     }
 
     /// grad_x ln p_t(c | x) = score_t(x | c) - score_t(x), into `out`.
-    pub fn grad(
+    pub fn grad(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
+        let mut work = Array2::zeros(x.dim());
+        self.grad_into(x, at, out, &mut work)
+    }
+
+    /// [`Classifier::grad`] with `work` (reshaped if needed) holding score_t(x).
+    fn grad_into(
         &self,
         x: ArrayView2<f64>,
         at: &NoiseLevel,
         mut out: ArrayViewMut2<f64>,
+        work: &mut Array2<f64>,
     ) -> Result<()> {
+        if work.dim() != x.dim() {
+            *work = Array2::zeros(x.dim());
+        }
         self.cond
             .predict(Prediction::Score, x, at, out.view_mut())?;
-        let mut s = Array2::zeros(x.dim());
-        self.full.predict(Prediction::Score, x, at, s.view_mut())?;
-        out -= &s;
+        self.full
+            .predict(Prediction::Score, x, at, work.view_mut())?;
+        out -= &*work;
         Ok(())
     }
 
@@ -320,6 +330,25 @@ struct State {
     counts: Counts,
     /// APG's running average of the guidance update.
     running: Option<Array2<f64>>,
+    /// Buffers for the guide's prediction (and the classifier's unconditional score), reused by
+    /// every evaluation.
+    scratch: [Array2<f64>; 2],
+}
+
+/// Where guidance acts, resolved against the grid.
+#[derive(Debug, Clone, Copy)]
+enum Active {
+    Always,
+    /// EDM sigma in (lo, hi].
+    Sigma {
+        lo: f64,
+        hi: f64,
+    },
+    /// t in (lo, hi].
+    Times {
+        lo: f64,
+        hi: f64,
+    },
 }
 
 /// An [`Oracle`] that applies a guidance rule to a conditional oracle and a guide.
@@ -328,9 +357,7 @@ pub struct Guided<'a> {
     guide: Guide<'a>,
     method: Method,
     scale: f64,
-    window: Window,
-    /// A window in steps, resolved: guided for t_lo < t <= t_hi.
-    times: Option<(f64, f64)>,
+    active: Active,
     space: Option<Prediction>,
     state: Mutex<State>,
 }
@@ -340,7 +367,7 @@ impl std::fmt::Debug for Guided<'_> {
         f.debug_struct("Guided")
             .field("method", &self.method)
             .field("scale", &self.scale)
-            .field("window", &self.window)
+            .field("active", &self.active)
             .field("space", &self.space)
             .finish_non_exhaustive()
     }
@@ -363,9 +390,11 @@ impl<'a> Guided<'a> {
                 )));
             }
         }
-        let resolved = match g.window {
+        let active = match g.window {
+            Window::All => Active::Always,
+            Window::Sigma { lo, hi } => Active::Sigma { lo, hi },
             Window::Steps { start, stop } => {
-                let times = times.ok_or_else(|| {
+                let times = times.filter(|t| t.len() >= 2).ok_or_else(|| {
                     Error::Domain(format!(
                         "guidance '{}': a window in steps needs the sampler's grid",
                         g.canonical
@@ -376,24 +405,20 @@ impl<'a> Guided<'a> {
                     ((start * n as f64).floor() as usize).min(n),
                     ((stop * n as f64).floor() as usize).min(n),
                 );
-                Some((
-                    times[i1],
-                    if i0 < i1 {
-                        times[i0]
-                    } else {
-                        f64::NEG_INFINITY
-                    },
-                ))
+                let hi = if i0 < i1 {
+                    times[i0]
+                } else {
+                    f64::NEG_INFINITY
+                };
+                Active::Times { lo: times[i1], hi }
             }
-            _ => None,
         };
         Ok(Guided {
             cond,
             guide,
             method: g.method.clone(),
             scale: g.scale,
-            window: g.window,
-            times: resolved,
+            active,
             space: g.space,
             state: Mutex::new(State::default()),
         })
@@ -411,15 +436,13 @@ impl<'a> Guided<'a> {
 
     /// Whether guidance acts at this level (before the scale is looked at).
     fn in_window(&self, at: &NoiseLevel) -> bool {
-        if let Some((lo, hi)) = self.times {
-            return lo < at.t && at.t <= hi;
-        }
-        match self.window {
-            Window::Sigma { lo, hi } => {
+        match self.active {
+            Active::Always => true,
+            Active::Sigma { lo, hi } => {
                 let s = at.sigma / at.alpha;
                 lo < s && s <= hi
             }
-            _ => true,
+            Active::Times { lo, hi } => lo < at.t && at.t <= hi,
         }
     }
 
@@ -430,61 +453,63 @@ impl<'a> Guided<'a> {
         space: Prediction,
         out: &mut ArrayViewMut2<f64>,
     ) -> Result<()> {
+        let [mut g, mut work] = std::mem::take(&mut self.state.lock().unwrap().scratch);
+        if g.dim() != x.dim() {
+            g = Array2::zeros(x.dim());
+        }
+        let result = self.combine(x, at, space, out, &mut g, &mut work);
+        self.state.lock().unwrap().scratch = [g, work];
+        result
+    }
+
+    /// The guided prediction into `out`, with `g` (shaped like x) and `work` as buffers.
+    fn combine(
+        &self,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        space: Prediction,
+        out: &mut ArrayViewMut2<f64>,
+        g: &mut Array2<f64>,
+        work: &mut Array2<f64>,
+    ) -> Result<()> {
         let s = self.scale;
-        let mut g = Array2::zeros(x.dim());
-        match &self.guide {
+        let guide = match &self.guide {
             Guide::Classifier(c) => {
                 self.cond.predict(Prediction::Eps, x, at, out.view_mut())?;
-                c.grad(x, at, g.view_mut())?;
+                c.grad_into(x, at, g.view_mut(), work)?;
                 let k = s * at.sigma;
                 Zip::from(out.view_mut())
-                    .and(&g)
+                    .and(&*g)
                     .for_each(|o, &g| *o -= k * g);
                 return Ok(());
             }
-            Guide::Oracle(guide) => {
-                self.cond.predict(space, x, at, out.view_mut())?;
-                guide.predict(space, x, at, g.view_mut())?;
-            }
-        }
+            Guide::Oracle(guide) => guide,
+        };
+        self.cond.predict(space, x, at, out.view_mut())?;
+        guide.predict(space, x, at, g.view_mut())?;
         match &self.method {
-            Method::Cfg | Method::Classifier => {
-                // (Classifier guidance returned above.)
-                Zip::from(out.view_mut())
-                    .and(&g)
-                    .for_each(|c, &g| *c = g + s * (*c - g));
-            }
-            Method::CfgZero { .. } => {
-                for (mut c, g) in out.rows_mut().into_iter().zip(g.rows()) {
-                    let dot: f64 = c.iter().zip(g).map(|(c, g)| c * g).sum();
-                    let norm2: f64 = g.iter().map(|g| g * g).sum::<f64>() + 1e-8;
-                    let a = dot / norm2;
-                    Zip::from(&mut c)
-                        .and(g)
-                        .for_each(|c, &g| *c = a * g + s * (*c - a * g));
-                }
-            }
             Method::Apg {
                 eta,
                 momentum,
                 threshold,
             } => {
-                let mut diff = &out.view() - &g;
+                // g <- D = c - g, then (with momentum) the running average D + momentum * previous.
+                Zip::from(&mut *g)
+                    .and(out.view())
+                    .for_each(|g, &c| *g = c - *g);
                 if *momentum != 0.0 {
                     let mut st = self.state.lock().unwrap();
-                    let running = match st.running.take() {
-                        Some(mut r) if r.dim() == diff.dim() => {
-                            Zip::from(&mut r)
-                                .and(&diff)
+                    match st.running.as_mut() {
+                        Some(r) if r.dim() == g.dim() => {
+                            Zip::from(&mut *r)
+                                .and(&*g)
                                 .for_each(|r, &d| *r = d + momentum * *r);
-                            r
+                            g.assign(r);
                         }
-                        _ => diff.clone(),
-                    };
-                    diff.assign(&running);
-                    st.running = Some(running);
+                        _ => st.running = Some(g.clone()),
+                    }
                 }
-                for (mut dr, mut c) in diff.rows_mut().into_iter().zip(out.rows_mut()) {
+                for (mut dr, mut c) in g.rows_mut().into_iter().zip(out.rows_mut()) {
                     if *threshold > 0.0 {
                         let norm = dr.iter().map(|v| v * v).sum::<f64>().sqrt();
                         let f = (threshold / norm).min(1.0);
@@ -497,6 +522,21 @@ impl<'a> Guided<'a> {
                         *cj += (s - 1.0) * ((dj - vpar) + eta * vpar);
                     }
                 }
+            }
+            Method::CfgZero { .. } => {
+                for (mut c, g) in out.rows_mut().into_iter().zip(g.rows()) {
+                    let dot: f64 = c.iter().zip(g).map(|(c, g)| c * g).sum();
+                    let norm2: f64 = g.iter().map(|g| g * g).sum::<f64>() + 1e-8;
+                    let a = dot / norm2;
+                    Zip::from(&mut c)
+                        .and(g)
+                        .for_each(|c, &g| *c = a * g + s * (*c - a * g));
+                }
+            }
+            Method::Cfg | Method::Classifier => {
+                Zip::from(out.view_mut())
+                    .and(&*g)
+                    .for_each(|c, &g| *c = g + s * (*c - g));
             }
         }
         Ok(())

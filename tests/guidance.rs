@@ -523,3 +523,28 @@ fn guided_gaussian_laws_converge_to_the_guided_ode_and_unguided_to_the_class() {
     }
     assert!(pts.last().unwrap().w2_class.unwrap() < 0.01);
 }
+
+#[test]
+fn exact_classifier_guidance_is_cfg_with_the_unconditional_guide() {
+    // eps_u - s sigma (score_c - score_u) = eps_u + s (eps_c - eps_u): Bayes, with exact models.
+    let m = problems::load("ring2d").unwrap();
+    let x = points();
+    for t in [0.1, 0.5] {
+        let at = level(t);
+        let cl = Guidance::parse("classifier:scale=3")
+            .unwrap()
+            .build(&m, "A", None)
+            .unwrap();
+        let cfg = Guidance::parse("cfg:scale=3")
+            .unwrap()
+            .build(&m, "A", None)
+            .unwrap();
+        let (a, b) = (
+            predict(&cl, Prediction::Eps, &x, &at),
+            predict(&cfg, Prediction::Eps, &x, &at),
+        );
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-11 * (1.0 + b.abs()), "t {t}: {a} vs {b}");
+        }
+    }
+}

@@ -271,13 +271,12 @@ impl Study for GuidanceStudy {
     }
 
     fn run(&self, config: &Config, unit: &Unit) -> Result<(Group, Vec<Point>)> {
+        let bad = || Error::Domain(format!("guidance: malformed unit key '{}'", unit.key));
         let parts: Vec<&str> = unit.key.splitn(4, '|').collect();
-        let (part, what, method, s) = (
-            parts[0],
-            parts[1],
-            parts[2],
-            parts[3].parse::<f64>().unwrap_or(1.0),
-        );
+        let [part, what, method, s] = parts[..] else {
+            return Err(bad());
+        };
+        let s: f64 = s.parse().map_err(|_| bad())?;
         let spec = with_scale(method, s);
         let group = Group {
             key: unit.key.clone(),
@@ -406,7 +405,7 @@ fn mixture_point(
     let guided = if method.starts_with("autoguidance") && !method.contains("guide=") {
         let g = Guidance::parse(&format!("{spec},guide=degraded.json"))?;
         Guided::new(
-            Box::new(mixture.conditional(&config.class)?),
+            Box::new(cond.clone()),
             Guide::Oracle(Box::new(degraded(&cond, config.degrade)?)),
             &g,
             Some(&grid.times),
