@@ -18,6 +18,17 @@
 //! | `apg:scale=s,eta,momentum,threshold` | c + (s - 1)(D_orth + eta D_par) | Sadat et al. 2024, Alg. 1 |
 //! | `cfg-zero:scale=s,zero_init=n` | a* g + s (c - a* g), a* = <c, g>/(\|g\|^2 + 1e-8) | Fan et al. 2025, Eq. 7-8 |
 //! | `classifier:scale=s` | eps_u - s sigma_t grad ln p_t(c \| x) | Dhariwal & Nichol 2021; DPM-Solver `guidance_type="classifier"` |
+//! | `cfg++:scale=l,guide=G` | x0 = g + l (c - g), renoised with the guide's eps | Chung et al. 2024, Alg. 1-2 |
+//!
+//! CFG++ (Chung et al., "CFG++: manifold-constrained classifier free guidance", 2024) is not a
+//! rule on the prediction alone: DDIM's x_t = alpha_t x0_hat + sigma_t eps_hat takes the guided
+//! x0_hat^l = x0_g + l (x0_c - x0_g) but the guide's (unconditional) eps_g (their Algorithm 1,
+//! eq. 8), so the oracle hands the solver both ([`Oracle::predict_with_guide`]) and only the
+//! solvers that implement the renoising accept it: `ddim` (any eta) and `dpm-solver++` order 2
+//! multistep (their Algorithm 2 as the official `dpm++_2m_cfg++`, see
+//! [`crate::solver::expint::cfgpp_step`]). l is in [0, 1] in the paper (0.6 is its default,
+//! comparable to CFG's s = 7.5); l = 0 is unconditional sampling, and with c = g every l gives
+//! the unguided sampler. Its prediction alone, as a plain oracle would return it, is CFG's.
 //!
 //! Every CFG-family rule takes a window: `sigma_lo`/`sigma_hi` (EDM sigma, half-open
 //! (lo, hi] as in the guidance-interval code; `interval` defaults to EDM2-S's (0.28, 5.42]) or
@@ -108,6 +119,7 @@ pub enum Method {
         zero_init: usize,
     },
     Classifier,
+    CfgPp,
 }
 
 /// What the guide is: the unconditional mixture, another class, or a file (a mixture `.json` or
@@ -151,14 +163,15 @@ pub struct Guidance {
 }
 
 /// The guidance methods, for errors and help.
-pub const METHODS: &str = "cfg, interval, autoguidance, apg, cfg-zero, classifier";
+pub const METHODS: &str = "cfg, interval, autoguidance, apg, cfg-zero, classifier, cfg++";
 
 impl Guidance {
     pub fn parse(text: &str) -> Result<Self> {
         let mut spec = Spec::parse("guidance", text)?;
         let name = spec.name.clone();
-        let scale = spec.take_f64("scale", 2.0)?;
+        let scale = spec.take_f64("scale", if name == "cfg++" { 0.6 } else { 2.0 })?;
         let method = match name.as_str() {
+            "cfg++" => Method::CfgPp,
             "cfg" | "interval" | "autoguidance" => Method::Cfg,
             "apg" => Method::Apg {
                 eta: spec.take_f64("eta", 0.0)?,
@@ -237,7 +250,7 @@ impl Guidance {
             Method::Apg { .. } => Some(Prediction::X0),
             Method::CfgZero { .. } => Some(Prediction::Velocity),
             Method::Classifier => Some(Prediction::Eps),
-            Method::Cfg => None,
+            Method::Cfg | Method::CfgPp => None,
         };
         let space = match spec.take_optional::<String>("space")? {
             Some(s) if method == Method::Classifier => {
@@ -533,7 +546,7 @@ impl<'a> Guided<'a> {
                         .for_each(|c, &g| *c = a * g + s * (*c - a * g));
                 }
             }
-            Method::Cfg | Method::Classifier => {
+            Method::Cfg | Method::Classifier | Method::CfgPp => {
                 Zip::from(out.view_mut())
                     .and(&*g)
                     .for_each(|c, &g| *c = g + s * (*c - g));
@@ -589,5 +602,46 @@ impl Oracle for Guided<'_> {
         let space = self.space.unwrap_or(kind);
         self.guided(x, at, space, &mut out)?;
         prediction::convert(space, kind, at, x, out)
+    }
+
+    fn renoises_with_guide(&self) -> bool {
+        self.method == Method::CfgPp
+    }
+
+    /// CFG++: the guided prediction g + l (c - g) and the guide's g, both of type `kind` (the
+    /// rule is affine, so the space does not matter); outside the window both are c.
+    fn predict_with_guide(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        mut out: ArrayViewMut2<f64>,
+        mut guide: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        check_batch(self.dim(), &x, &out)?;
+        check_batch(self.dim(), &x, &guide)?;
+        let (Method::CfgPp, Guide::Oracle(g)) = (&self.method, &self.guide) else {
+            return Err(Error::Domain(
+                "only cfg++ guidance hands the solver its guide's prediction".into(),
+            ));
+        };
+        let inside = self.in_window(at);
+        {
+            let mut st = self.state.lock().unwrap();
+            st.counts.evaluations += 1;
+            st.counts.guided += usize::from(inside);
+            st.counts.oracle_calls += 1 + usize::from(inside);
+        }
+        self.cond.predict(kind, x, at, out.view_mut())?;
+        if !inside {
+            guide.assign(&out);
+            return Ok(());
+        }
+        g.predict(kind, x, at, guide.view_mut())?;
+        let s = self.scale;
+        Zip::from(out)
+            .and(guide.view())
+            .for_each(|c, &g| *c = g + s * (*c - g));
+        Ok(())
     }
 }

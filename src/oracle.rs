@@ -33,6 +33,28 @@ pub trait Oracle: Sync {
         self.eval(x, at, out.view_mut())?;
         prediction::convert(self.native(), kind, at, x, out)
     }
+
+    /// Whether the oracle is guided by a rule that renoises with the guide's prediction inside
+    /// the solver (CFG++, [`crate::guidance`]); only solvers that implement it may run it
+    /// ([`crate::solver::Solver::renoises_with_guide`]).
+    fn renoises_with_guide(&self) -> bool {
+        false
+    }
+
+    /// For an oracle with [`Oracle::renoises_with_guide`]: the guided prediction into `out` and
+    /// the guide's own into `guide`, as one evaluation. Other oracles have no guide.
+    fn predict_with_guide(
+        &self,
+        _kind: Prediction,
+        _x: ArrayView2<f64>,
+        _at: &NoiseLevel,
+        _out: ArrayViewMut2<f64>,
+        _guide: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        Err(Error::Domain(
+            "this oracle has no guide to renoise with (only cfg++ guidance has)".into(),
+        ))
+    }
 }
 
 impl<O: Oracle + ?Sized> Oracle for &O {
@@ -53,6 +75,19 @@ impl<O: Oracle + ?Sized> Oracle for &O {
         out: ArrayViewMut2<f64>,
     ) -> Result<()> {
         (**self).predict(kind, x, at, out)
+    }
+    fn renoises_with_guide(&self) -> bool {
+        (**self).renoises_with_guide()
+    }
+    fn predict_with_guide(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut2<f64>,
+        guide: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        (**self).predict_with_guide(kind, x, at, out, guide)
     }
 }
 
@@ -147,6 +182,20 @@ impl<O: Oracle> Oracle for Counted<O> {
     ) -> Result<()> {
         self.record(at);
         self.inner.predict(kind, x, at, out)
+    }
+    fn renoises_with_guide(&self) -> bool {
+        self.inner.renoises_with_guide()
+    }
+    fn predict_with_guide(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut2<f64>,
+        guide: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        self.record(at);
+        self.inner.predict_with_guide(kind, x, at, out, guide)
     }
 }
 

@@ -1,6 +1,7 @@
-//! The `name[:key=value,...]` grammar shared by every command-line spec (schedules now; grids and
-//! solvers later). Options are consumed by the code that builds the object; any option left
-//! unconsumed is an error that lists the valid ones.
+//! The `name[:key=value,...]` grammar shared by every command-line spec (schedules, grids,
+//! solvers, guidance). Options are consumed by the code that builds the object; any option left
+//! unconsumed is an error that lists the valid ones. A value that is itself a spec is written in
+//! brackets, `pc:predictor=[ddim:eta=1],n=2`; commas inside brackets do not split options.
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -34,11 +35,17 @@ impl Spec {
         }
         let mut options = BTreeMap::new();
         if let Some(rest) = rest {
-            for item in rest.split(',') {
+            for item in split_top(rest).map_err(err)? {
                 let (k, v) = item
                     .split_once('=')
                     .ok_or_else(|| err(format!("option '{item}' is not of the form key=value")))?;
                 let (k, v) = (k.trim(), v.trim());
+                let v = match v.strip_prefix('[') {
+                    Some(inner) => inner.strip_suffix(']').ok_or_else(|| {
+                        err(format!("option '{k}': '{v}' has an unclosed bracket"))
+                    })?,
+                    None => v,
+                };
                 if k.is_empty() || v.is_empty() {
                     return Err(err(format!("option '{item}' has an empty key or value")));
                 }
@@ -137,12 +144,26 @@ impl Spec {
         Ok(v)
     }
 
+    /// Replaces the recorded value of a taken option (a nested spec by its canonical form).
+    pub fn retake(&mut self, key: &'static str, value: String) {
+        if let Some(t) = self.taken.iter_mut().find(|(k, _)| *k == key) {
+            t.1 = value;
+        }
+    }
+
     /// `name:key=value,...` with every option taken so far, defaults included, in the order taken.
     pub fn canonical(&self) -> String {
         if self.taken.is_empty() {
             return self.name.clone();
         }
-        let opts: Vec<String> = self.taken.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let opts: Vec<String> = self
+            .taken
+            .iter()
+            .map(|(k, v)| match v.contains([',', ':', '=']) {
+                true => format!("{k}=[{v}]"),
+                false => format!("{k}={v}"),
+            })
+            .collect();
         format!("{}:{}", self.name, opts.join(","))
     }
 
@@ -177,6 +198,31 @@ impl Spec {
     }
 }
 
+/// `rest` split at the commas outside brackets.
+fn split_top(rest: &str) -> std::result::Result<Vec<&str>, String> {
+    let (mut depth, mut start, mut items) = (0usize, 0, Vec::new());
+    for (i, c) in rest.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| format!("unmatched ']' in '{rest}'"))?
+            }
+            ',' if depth == 0 => {
+                items.push(&rest[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(format!("unclosed '[' in '{rest}'"));
+    }
+    items.push(&rest[start..]);
+    Ok(items)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +250,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot parse 'zz'"));
+        let mut s = Spec::parse("solver", "pc:predictor=[ddim:eta=1,s_noise=2],n=2").unwrap();
+        assert_eq!(
+            s.take("predictor", String::new()).unwrap(),
+            "ddim:eta=1,s_noise=2"
+        );
+        assert_eq!(s.take("n", 1usize).unwrap(), 2);
+        assert_eq!(s.canonical(), "pc:predictor=[ddim:eta=1,s_noise=2],n=2");
+        for bad in [
+            "pc:predictor=[ddim:eta=1",
+            "pc:predictor=ddim]",
+            "pc:p=[a]b",
+        ] {
+            assert!(Spec::parse("solver", bad).is_err(), "{bad}");
+        }
         let mut s = Spec::parse("grid", "x:a=nan").unwrap();
         assert!(s
             .take_f64("a", 1.0)

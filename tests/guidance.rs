@@ -548,3 +548,98 @@ fn exact_classifier_guidance_is_cfg_with_the_unconditional_guide() {
         }
     }
 }
+
+/// CFG++ (Chung et al. 2024): with cond = guide it is DDIM / DPM-Solver++(2M) itself, scale 0 is
+/// unconditional sampling, one step matches its formula by hand (DDIM form; the official 2M
+/// update in k-diffusion's VE variables), every evaluation costs two oracle calls, and a solver
+/// that does not implement it refuses it.
+#[test]
+fn cfgpp_reduces_to_its_solvers_and_matches_its_formulas() {
+    let m = problems::load("gauss2c").unwrap();
+    let cond = m.conditional("A").unwrap();
+    let rel = |a: &Array2<f64>, b: &Array2<f64>| {
+        let scale = b.iter().fold(1.0f64, |s, v| s.max(v.abs()));
+        (a - b).mapv(f64::abs).fold(0.0f64, |x, &y| x.max(y)) / scale
+    };
+    for solver in [
+        "ddim",
+        "ddim:eta=1",
+        "dpm-solver++:order=2",
+        "dpm-solver++:order=1",
+    ] {
+        for steps in [6, 12] {
+            let (want, nfe) = run_solver(&cond, solver, steps);
+            let same = Guidance::parse("cfg++:scale=0.6,guide=A").unwrap();
+            let guided = same.build(&m, "A", None).unwrap();
+            let (got, n) = run_solver(&guided, solver, steps);
+            assert_eq!(n, nfe);
+            assert_eq!(guided.counts().oracle_calls, 2 * nfe);
+            assert!(
+                rel(&got, &want) < 1e-12,
+                "{solver} {steps}: {}",
+                rel(&got, &want)
+            );
+            let (uncond, _) = run_solver(&m, solver, steps);
+            let zero = Guidance::parse("cfg++:scale=0").unwrap();
+            let (got, _) = run_solver(&zero.build(&m, "A", None).unwrap(), solver, steps);
+            assert!(rel(&got, &uncond) < 1e-12, "{solver} {steps} scale 0");
+        }
+    }
+    // Two steps by hand from x at t = 1 -> 0.6 -> 0.2, scale 0.7 (class A, unconditional guide).
+    let s = schedule::parse("vp-linear").unwrap();
+    let grid = Grid::parse("time-uniform:steps=2,t_start=1,t_end=0.2", s.as_ref()).unwrap();
+    let ts = grid.times.clone();
+    let x = points();
+    let x0 = |o: &dyn Oracle, x: &Array2<f64>, t: f64| predict(o, Prediction::X0, x, &s.level(t));
+    let lam = |t: f64| s.lambda(t);
+    let l = 0.7;
+    let pair = |x: &Array2<f64>, t: f64| {
+        let (c, u) = (x0(&cond, x, t), x0(&m, x, t));
+        (&u + &((&c - &u) * l), u)
+    };
+    let env = Env {
+        schedule: s.as_ref(),
+        mixture: None,
+        noise_seed: 0,
+    };
+    let g = Guidance::parse("cfg++:scale=0.7").unwrap();
+    for solver in ["ddim", "dpm-solver++:order=2,lower_order_final=false"] {
+        let guided = g.build(&m, "A", None).unwrap();
+        let model = Model::new(&guided, s.as_ref());
+        let mut built = solver::build(solver, &env).unwrap();
+        let got = solver::integrate(built.solver.as_mut(), &model, &grid, x.view()).unwrap();
+        // Step 1 (both): DDIM CFG++, x1 = alpha_t x0_g + sigma_t (x - alpha_s x0_u) / sigma_s.
+        let (a0, a1, a2) = (s.level(ts[0]), s.level(ts[1]), s.level(ts[2]));
+        let (g0, u0) = pair(&x, ts[0]);
+        let x1 = &g0 * a1.alpha + &((&x - &(&u0 * a0.alpha)) * (a1.sigma / a0.sigma));
+        let (g1, u1) = pair(&x1, ts[1]);
+        let want = if solver == "ddim" {
+            &g1 * a2.alpha + &((&x1 - &(&u1 * a1.alpha)) * (a2.sigma / a1.sigma))
+        } else {
+            // Official dpm++_2m_cfg++ in VE variables x/alpha, sigma/alpha, t = -ln(sigma/alpha):
+            // x = D_g - e^{-h} D_u - expm1(-h) (D_g - D_u_prev) / (2r) + e^{-h} x.
+            let (h, h_last) = (lam(ts[2]) - lam(ts[1]), lam(ts[1]) - lam(ts[0]));
+            let r = h_last / h;
+            let xve = &x1 / a1.alpha;
+            let e = (-h).exp();
+            let out = &g1 - &(&u1 * e) - &((&g1 - &u0) * ((-h).exp_m1() / (2.0 * r))) + &(&xve * e);
+            out * a2.alpha
+        };
+        assert!(rel(&got, &want) < 1e-13, "{solver}: {}", rel(&got, &want));
+    }
+    for bad in [
+        "heun",
+        "ddpm",
+        "dpm-solver++:order=3",
+        "unipc",
+        "dpm-solver++:order=2,type=taylor",
+    ] {
+        let guided = g.build(&m, "A", None).unwrap();
+        let model = Model::new(&guided, s.as_ref());
+        let mut built = solver::build(bad, &env).unwrap();
+        let e = solver::integrate(built.solver.as_mut(), &model, &grid, x.view())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cfg++") && e.contains("only ddim"), "{bad}: {e}");
+    }
+}

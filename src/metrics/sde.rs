@@ -9,15 +9,44 @@
 //!   samples, the error's noise floor is sqrt(tr Cov(f)/N), reported with it.
 //! - On Gaussian data a linear sampler's output is affine in (x_T, z_0, ..., z_{n-1}): with
 //!   [`crate::solver::sde::Probe`] noise, 1 + d + n d rows give that map, and the output law is
-//!   N(F(m), (A P)(A P)^T + sum_i B_i B_i^T) exactly ([`GaussianLaw::pushed_with_noise`]).
+//!   N(F(m), (A P)(A P)^T + sum_i B_i B_i^T) exactly ([`GaussianLaw::pushed_with_noise`]);
+//!   [`output_law`] runs that for any solver, deterministic or stochastic, with the solver's
+//!   own count of noise slots ([`crate::solver::Solver::noise_slots`]).
 
 use super::law::GaussianLaw;
 use super::Estimate;
 use crate::error::{Error, Result};
 use crate::gmm::GaussianMixture;
+use crate::grid::Grid;
 use crate::oracle::Oracle;
 use crate::schedule::NoiseLevel;
+use crate::solver::{self, sde::Probe, Model, Solver};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+/// The exact output law of `solver` on `grid` from x ~ `prior`, for a model affine in x (Gaussian
+/// data, or guidance between Gaussians): by d + 1 probe rows for a deterministic solver, and with
+/// [`Probe`] noise in every noise slot for a stochastic one. The solver must be fresh.
+pub fn output_law(
+    solver: &mut dyn Solver,
+    model: &Model,
+    grid: &Grid,
+    prior: &GaussianLaw,
+) -> Result<GaussianLaw> {
+    let d = prior.dim();
+    let slots = solver.noise_slots(grid.steps());
+    match solver.noise() {
+        Some(noise) => {
+            *noise = Box::new(Probe::new(d));
+            let probes = prior.probes_with_noise(slots);
+            let img = solver::integrate(solver, model, grid, probes.view())?;
+            prior.pushed_with_noise(img.view())
+        }
+        None => {
+            let img = solver::integrate(solver, model, grid, prior.probes().view())?;
+            prior.pushed(img.view())
+        }
+    }
+}
 
 /// The mean and second moment E x x^T of the mixture's exact marginal p_t.
 pub fn moments(mixture: &GaussianMixture, at: &NoiseLevel) -> (Array1<f64>, Array2<f64>) {

@@ -16,6 +16,11 @@
 //!   without clipping x0_hat). It equals `ddim:eta=1` and `sde-dpm-solver++:order=1`.
 //!
 //! The step to sigma = 0 gives x_t = alpha_t x0_hat with no noise, as every other solver.
+//!
+//! Under CFG++ guidance (Chung et al. 2024, Algorithm 1; [`crate::guidance`]) `ddim` takes x0_hat
+//! from the guided prediction and eps_hat = (x_s - alpha_s x0_g)/sigma_s from the guide's: the
+//! official `ddim_cfg++`; eta > 0 adds the same noise as without guidance. `ddpm` does not
+//! implement it.
 
 use super::sde::{parse_eta, parse_s_noise, Brownian, Noise};
 use super::{update, Entry, Env, Model, Solver};
@@ -31,6 +36,7 @@ pub struct Ddim {
     s_noise: f64,
     posterior: bool,
     x0: Array2<f64>,
+    x0_guide: Array2<f64>,
     z: Array2<f64>,
     noise: Option<Box<dyn Noise>>,
 }
@@ -46,6 +52,7 @@ fn build(spec: &mut Spec, env: &Env, posterior: bool) -> Result<Box<dyn Solver>>
         s_noise,
         posterior,
         x0: Array2::zeros((0, 0)),
+        x0_guide: Array2::zeros((0, 0)),
         z: Array2::zeros((0, 0)),
         noise: (eta > 0.0).then(|| Brownian::boxed(env.noise_seed)),
     }))
@@ -78,9 +85,23 @@ impl Solver for Ddim {
     fn noise(&mut self) -> Option<&mut Box<dyn Noise>> {
         self.noise.as_mut()
     }
+    fn renoises_with_guide(&self) -> bool {
+        !self.posterior
+    }
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
         let (a, b) = (model.level(times[i]), model.level(times[i + 1]));
-        model.eval_into(Prediction::X0, x, times[i], &mut self.x0)?;
+        let cfgpp = model.oracle.renoises_with_guide();
+        if cfgpp {
+            model.eval_with_guide(
+                Prediction::X0,
+                x,
+                times[i],
+                &mut self.x0,
+                &mut self.x0_guide,
+            )?;
+        } else {
+            model.eval_into(Prediction::X0, x, times[i], &mut self.x0)?;
+        }
         let h = model.lambda(times[i + 1]) - model.lambda(times[i]);
         let noise = self.eta * b.sigma * (-(-2.0 * h).exp_m1()).sqrt();
         let c_z = noise * self.s_noise;
@@ -105,10 +126,14 @@ impl Solver for Ddim {
         } else {
             (b.sigma * b.sigma - noise * noise).max(0.0).sqrt()
         };
-        Zip::from(&mut *x).and(&self.x0).par_for_each(|x, &x0| {
-            let eps = *x * c_x + c_0 * x0;
-            *x = x0 * b.alpha + direction * eps;
-        });
+        let renoise = if cfgpp { &self.x0_guide } else { &self.x0 };
+        Zip::from(&mut *x)
+            .and(&self.x0)
+            .and(renoise)
+            .par_for_each(|x, &x0, &x0_renoise| {
+                let eps = *x * c_x + c_0 * x0_renoise;
+                *x = x0 * b.alpha + direction * eps;
+            });
         if c_z > 0.0 {
             let source = self
                 .noise

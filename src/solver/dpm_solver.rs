@@ -34,6 +34,11 @@
 //! order)`): uniform in t on `time-uniform`, in sqrt(t) on `time-quadratic`, else in lambda
 //! (r = 1/2; 1/3, 2/3). A step that ends at sigma = 0 is the first-order denoising step
 //! x = alpha_t x0_hat(x_s) (one evaluation; none for multistep, which reuses m_s).
+//!
+//! Under CFG++ guidance ([`crate::guidance`]) DPM-Solver++ of order 1 or 2, multistep with the
+//! `dpmsolver` type, renoises with the guide's prediction ([`expint::cfgpp_step`]); every step
+//! evaluates the guided and the guide's x0 at its start (one guided evaluation), the order and
+//! `lower_order_final` rules are those above.
 
 use super::expint::{self, Buffers, History, Param, Type, UniPc, Variant};
 use super::{Entry, Env, Model, Multistep, Solver};
@@ -61,6 +66,8 @@ pub struct DpmSolver {
     grid: Option<Grid>,
     hist: History,
     buf: Buffers,
+    /// CFG++: the guided x0 at the start of the step (the history holds the guide's).
+    guided: Array2<f64>,
 }
 
 /// The DPM-Solver-fast orders for an NFE budget.
@@ -120,6 +127,7 @@ fn build(spec: &mut Spec, p: Param) -> Result<Box<dyn Solver>> {
         grid: None,
         hist: History::new(order),
         buf: Buffers::default(),
+        guided: Array2::zeros((0, 0)),
     }))
 }
 
@@ -227,7 +235,19 @@ impl Solver for DpmSolver {
         })
     }
 
+    fn renoises_with_guide(&self) -> bool {
+        self.p == Param::Data
+            && self.method == Method::Multistep
+            && self.ms.order <= 2
+            && self.ty == Type::DpmSolver
+            && !self.unic
+            && !self.ms.singlestep_warmup
+    }
+
     fn step(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
+        if model.oracle.renoises_with_guide() {
+            return self.cfgpp(model, times, i, x);
+        }
         let (s, t) = (times[i], times[i + 1]);
         let kind = self.p.prediction();
         let grid = self.grid.as_ref().expect("plan before step");
@@ -277,6 +297,23 @@ impl Solver for DpmSolver {
             model.eval_into(kind, x, t, m)?;
             self.hist.push(t, model.lambda(t), m);
         }
+        Ok(())
+    }
+}
+
+impl DpmSolver {
+    /// A CFG++ step ([`expint::cfgpp_step`]) of the order [`Multistep::step_order`] gives.
+    fn cfgpp(&mut self, model: &Model, times: &[f64], i: usize, x: &mut Array2<f64>) -> Result<()> {
+        let (s, t) = (times[i], times[i + 1]);
+        let m = &mut self.buf.m;
+        model.eval_with_guide(Param::Data.prediction(), x, s, &mut self.guided, m)?;
+        self.hist.push(s, model.lambda(s), m);
+        let n = times.len() - 1;
+        let mut ms = self.ms;
+        ms.lower_order_final &= n < 10;
+        let k = ms.step_order(i, n, self.hist.len());
+        let prev = (k == 2).then(|| (self.hist.back(1).1, &self.hist.back(1).2));
+        expint::cfgpp_step(model, s, t, x, &self.guided, &self.hist.back(0).2, prev);
         Ok(())
     }
 }

@@ -142,6 +142,41 @@ pub enum Type {
     Taylor,
 }
 
+/// One CFG++ step of DPM-Solver++(2M) from s to t, in place (Chung et al. 2024, Algorithm 2, as
+/// the official `dpm++_2m_cfg++`): with h = lambda_t - lambda_s, E_1 = alpha_t (1 - e^{-h}),
+///
+/// x_t = (sigma_t/sigma_s) x_s + alpha_t x0_g - alpha_t e^{-h} x0_u + (E_1/(2r)) (x0_g - x0_u'),
+///
+/// x0_g the guided and x0_u the guide's prediction at s, x0_u' the guide's at the time s' of
+/// `prev` = (lambda_s', x0_u'), r = (lambda_s - lambda_s')/h. The official code's difference pairs
+/// the guided value now with the guide's before. Without `prev` it is DDIM CFG++,
+/// alpha_t x0_g + sigma_t (x_s - alpha_s x0_u)/sigma_s; with x0_g = x0_u, DPM-Solver++(2M). A step
+/// to sigma_t = 0 gives alpha_t x0_g.
+pub fn cfgpp_step(
+    model: &Model,
+    s: f64,
+    t: f64,
+    x: &mut Array2<f64>,
+    x0_g: &Array2<f64>,
+    x0_u: &Array2<f64>,
+    prev: Option<(f64, &Array2<f64>)>,
+) {
+    let b = model.level(t);
+    if b.sigma == 0.0 {
+        combine(x, &[(b.alpha, x0_g)]);
+        return;
+    }
+    let st = Step::new(model, Param::Data, s, t);
+    let e1 = st.e(1);
+    let mut terms = [(b.alpha, x0_g), (e1 - b.alpha, x0_u), (0.0, x0_u)];
+    if let Some((lambda_prev, x0_prev)) = prev {
+        let r = (model.lambda(s) - lambda_prev) / st.h;
+        terms[0].0 += e1 / (2.0 * r);
+        terms[2] = (-e1 / (2.0 * r), x0_prev);
+    }
+    update(x, st.c_x, &terms);
+}
+
 /// The step to sigma = 0, in place: x_t = alpha_t x0_hat(x_s, s), from a model value m_s of type
 /// `p`.
 pub fn denoise(model: &Model, p: Param, s: f64, t: f64, x: &mut Array2<f64>, m: &Array2<f64>) {

@@ -24,6 +24,7 @@ use ndarray::{Array2, ArrayView2, Zip};
 use rayon::prelude::*;
 
 pub mod adams;
+pub mod ald;
 pub mod ancestral;
 pub mod ddim;
 pub mod dop853;
@@ -33,6 +34,8 @@ pub mod edm;
 pub mod euler_maruyama;
 pub mod exact;
 pub mod expint;
+pub mod langevin;
+pub mod pc;
 pub mod quadrature;
 pub mod reference;
 pub mod runge_kutta;
@@ -80,6 +83,33 @@ impl<'a> Model<'a> {
         Ok(())
     }
 
+    /// For a CFG++-guided oracle ([`Oracle::renoises_with_guide`]): the guided prediction into
+    /// `out` and the guide's into `guide`, one evaluation.
+    pub fn eval_with_guide(
+        &self,
+        kind: Prediction,
+        x: &Array2<f64>,
+        t: f64,
+        out: &mut Array2<f64>,
+        guide: &mut Array2<f64>,
+    ) -> Result<()> {
+        ensure(out, x.dim());
+        ensure(guide, x.dim());
+        self.oracle.predict_with_guide(
+            kind,
+            x.view(),
+            &self.level(t),
+            out.view_mut(),
+            guide.view_mut(),
+        )?;
+        if !all_finite(out) || !all_finite(guide) {
+            return Err(Error::Domain(format!(
+                "the model returned a non-finite {kind} prediction at t = {t}"
+            )));
+        }
+        Ok(())
+    }
+
     /// [`Model::eval_into`] into a new array.
     pub fn eval(&self, kind: Prediction, x: &Array2<f64>, t: f64) -> Result<Array2<f64>> {
         let mut out = Array2::zeros(x.dim());
@@ -109,6 +139,27 @@ pub trait Solver: Send {
     fn noise(&mut self) -> Option<&mut Box<dyn sde::Noise>> {
         None
     }
+    /// The number of standard normals per row the sampler draws over `steps` steps, in units of
+    /// d (one per step for every stochastic sampler but the predictor-corrector ones); probe
+    /// noise needs this many slots ([`sde::Probe`]).
+    fn noise_slots(&self, steps: usize) -> usize {
+        steps
+    }
+    /// Whether the solver implements CFG++'s renoising with the guide's prediction
+    /// ([`Oracle::renoises_with_guide`]); [`integrate`] refuses a CFG++ oracle otherwise.
+    fn renoises_with_guide(&self) -> bool {
+        false
+    }
+}
+
+/// The error for a CFG++ oracle given to a solver that does not implement it.
+fn check_guide_renoise(solver: &dyn Solver, model: &Model) -> Result<()> {
+    if model.oracle.renoises_with_guide() && !solver.renoises_with_guide() {
+        return Err(Error::Domain(
+            "cfg++ guidance renoises with the guide's prediction inside the solver; only ddim and dpm-solver++ (order 1 or 2, method=multistep, type=dpmsolver, no corrector, warmup=lower) implement it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `solver` over `grid` from `x` (the points at `grid.times[0]`); returns the points at the
@@ -126,6 +177,7 @@ pub fn integrate(
             x.ncols()
         )));
     }
+    check_guide_renoise(solver, model)?;
     let times = solver.plan(grid, model.schedule)?;
     let mut x = x.as_standard_layout().into_owned();
     // The loop runs on a worker of the thread pool, so that the parallel kernels inside a step
@@ -146,6 +198,7 @@ pub fn trajectory(
     grid: &Grid,
     x: ArrayView2<f64>,
 ) -> Result<(Vec<f64>, Vec<Array2<f64>>)> {
+    check_guide_renoise(solver, model)?;
     let times = solver.plan(grid, model.schedule)?;
     let mut states = vec![x.to_owned()];
     for i in 0..times.len() - 1 {
@@ -312,6 +365,8 @@ pub const SOLVERS: &[Entry] = &[
     ancestral::EULER_ANCESTRAL,
     ancestral::DPMPP_2S_ANCESTRAL,
     edm::ENTRY,
+    pc::ENTRY,
+    ald::ENTRY,
     reference::ENTRY,
     exact::ENTRY,
 ];

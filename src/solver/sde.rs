@@ -8,7 +8,9 @@
 //! run at 2n steps sees the same path as one at n steps (k-diffusion's `BrownianTreeNoiseSampler`
 //! does the same in sigma). [`Probe`] instead sets one unit entry per probe row and step, which
 //! reads off the affine map from (x_T, z_0, ..., z_{n-1}) to the output on Gaussian data
-//! ([`crate::metrics::law`]).
+//! ([`crate::metrics::law`]). A sampler that draws several normals per step (the Langevin
+//! correctors) splits its source into independent parts ([`Noise::split`]): part 0 of a Brownian
+//! source is the same path, the others are [`Iid`] normals; a probe's parts are interleaved slots.
 
 use super::ensure;
 use crate::brownian::{BrownianPath, Walk};
@@ -26,10 +28,61 @@ pub trait Noise: Send {
         shape: (usize, usize),
         z: &mut Array2<f64>,
     ) -> Result<()>;
+
+    /// Part `part` of `parts` independent sources, each drawn once per step.
+    fn split(&self, parts: usize, part: usize) -> Box<dyn Noise>;
+
+    /// Whether this is [`Probe`] noise, which only a sampler affine in its normals may use.
+    fn is_probe(&self) -> bool {
+        false
+    }
+}
+
+/// Independent standard normals per step, row r of step i from its own counter-based stream
+/// ([`crate::rng::RowRng`]) under a seed: the same at any thread count and batch split.
+pub struct Iid {
+    seed: u64,
+}
+
+impl Iid {
+    pub fn boxed(seed: u64) -> Box<dyn Noise> {
+        Box::new(Iid { seed })
+    }
+}
+
+impl Noise for Iid {
+    fn normal(
+        &mut self,
+        _: &[f64],
+        i: usize,
+        shape: (usize, usize),
+        z: &mut Array2<f64>,
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        ensure(z, shape);
+        let (seed, d) = (self.seed, shape.1.max(1));
+        let domain = u32::try_from(i).unwrap_or(u32::MAX);
+        let fill = |(r, row): (usize, &mut [f64])| {
+            let mut rng = crate::rng::RowRng::new(seed, domain, r as u64);
+            row.iter_mut().for_each(|v| *v = rng.normal());
+        };
+        let z = z.as_slice_mut().expect("standard layout");
+        if z.len() > 8192 {
+            z.par_chunks_mut(d).enumerate().for_each(fill);
+        } else {
+            z.chunks_mut(d).enumerate().for_each(fill);
+        }
+        Ok(())
+    }
+
+    fn split(&self, _: usize, part: usize) -> Box<dyn Noise> {
+        Iid::boxed(crate::rng::seed_for(self.seed, &format!("part {part}")))
+    }
 }
 
 /// Normalized increments of one Brownian path per row.
 pub struct Brownian {
+    seed: u64,
     path: BrownianPath,
     walk: Option<Walk>,
 }
@@ -37,6 +90,7 @@ pub struct Brownian {
 impl Brownian {
     pub fn new(seed: u64) -> Self {
         Brownian {
+            seed,
             path: BrownianPath::new(seed),
             walk: None,
         }
@@ -66,18 +120,37 @@ impl Noise for Brownian {
         z.mapv_inplace(|v| v * scale);
         Ok(())
     }
+
+    fn split(&self, _: usize, part: usize) -> Box<dyn Noise> {
+        match part {
+            0 => Brownian::boxed(self.seed),
+            p => Iid::boxed(crate::rng::seed_for(self.seed, &format!("part {p}"))),
+        }
+    }
 }
 
 /// Probe noise for the exact output law: rows 0..=d carry no noise (they probe x_T); row
-/// 1 + d + i d + j carries e_j at step i and nothing at the other steps.
+/// 1 + d + k d + j carries e_j in noise slot k = i parts + part (step i, part `part` of `parts`)
+/// and nothing in the other slots.
 pub struct Probe {
     pub d: usize,
+    pub parts: usize,
+    pub part: usize,
 }
 
 impl Probe {
-    /// The number of rows for `steps` steps.
-    pub fn rows(d: usize, steps: usize) -> usize {
-        1 + d + steps * d
+    /// One part: slot k = step i.
+    pub fn new(d: usize) -> Self {
+        Probe {
+            d,
+            parts: 1,
+            part: 0,
+        }
+    }
+
+    /// The number of rows for `slots` noise slots ([`super::Solver::noise_slots`]).
+    pub fn rows(d: usize, slots: usize) -> usize {
+        1 + d + slots * d
     }
 }
 
@@ -92,13 +165,26 @@ impl Noise for Probe {
         ensure(z, shape);
         z.fill(0.0);
         let d = self.d;
+        let slot = i * self.parts + self.part;
         for j in 0..d {
-            let row = 1 + d + i * d + j;
+            let row = 1 + d + slot * d + j;
             if row < shape.0 {
                 z[(row, j)] = 1.0;
             }
         }
         Ok(())
+    }
+
+    fn split(&self, parts: usize, part: usize) -> Box<dyn Noise> {
+        Box::new(Probe {
+            d: self.d,
+            parts: self.parts * parts,
+            part: self.part * parts + part,
+        })
+    }
+
+    fn is_probe(&self) -> bool {
+        true
     }
 }
 

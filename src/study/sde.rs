@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::grid::Grid;
 use crate::limits::MAX_STEPS;
 use crate::metrics::distribution::nll;
-use crate::metrics::sde::{moments, strong, weak, weak_mc};
+use crate::metrics::sde::{moments, output_law, strong, weak, weak_mc};
 use crate::metrics::{empirical_order, Estimate, GaussianLaw, OrderFit};
 use crate::problems;
 use crate::schedule::{self, Schedule};
@@ -161,7 +161,7 @@ pub fn sample(
     };
     let mut built = solver::build(spec, &env)?;
     if let (true, Some(noise)) = (probe, built.solver.noise()) {
-        *noise = Box::new(Probe { d: mixture.dim() });
+        *noise = Box::new(Probe::new(mixture.dim()));
     }
     let oracle = Counted::new(mixture);
     let model = Model::new(&oracle, s);
@@ -229,9 +229,14 @@ pub fn errors(config: &Config, problem: &str, spec: &str) -> Result<Vec<Point>> 
             let c = mixture.component(0);
             let prior = GaussianLaw::marginal(c, a0.alpha, a0.sigma);
             let target = GaussianLaw::marginal(c, a1.alpha, a1.sigma);
-            let probes = prior.probes_with_noise(n);
-            let (img, _) = sample(&mixture, s, spec, &grid, &probes, noise_seed, true)?;
-            let law = prior.pushed_with_noise(img.view())?;
+            let env = Env {
+                schedule: s,
+                mixture: Some(&mixture),
+                noise_seed,
+            };
+            let mut built = solver::build(spec, &env)?;
+            let model = Model::new(&mixture, s);
+            let law = output_law(built.solver.as_mut(), &model, &grid, &prior)?;
             let [dm, ds] = weak(&law.mean, &law.second_moment(), &mean, &second);
             let exact = |value| Some(Estimate { value, se: 0.0 });
             (p.weak_mean, p.weak_second) = (exact(dm), exact(ds));
