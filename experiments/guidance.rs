@@ -8,14 +8,18 @@ use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
 Defaults: Gaussian part on gauss2c (class A guided against class B, both single Gaussians):
-schedules vp-linear,flow; methods cfg and interval (sigma in (0.28, 5.42]); solvers ddim,
-dpm-solver++:order=2, unipc, heun at 5, 10, 20, 50 steps; the exact output law (d + 1 probe runs)
-against p(x | A), the tilted law p(x | A)^s p(x | B)^(1 - s) and the guided ODE's own law (the
-reference solver). Mixture part on ring2d and edm2_tree2d (class A): cfg, interval,
-autoguidance (guide: class A with covariances x2), apg (eta 0, momentum -0.5, threshold 4),
-cfg-zero, classifier; dpm-solver++:order=2 with 32 logSNR steps, 2000 samples; class
-precision, NLL, off-support fraction, MMD^2, sliced W2. Scales 1, 1.5, 2, 3, 4, 8; seed 1.
---resume, --shard and `merge` work as for `convergence`. Errors: one line on stderr, exit 2.";
+schedules vp-linear,flow; methods cfg, interval (sigma in (0.28, 5.42]) and cfg++ (its lambda in
+0.2..1); solvers ddim, dpm-solver++:order=2, unipc, heun, ddpm, euler-maruyama and
+pc:predictor=ddim,step=sde at 5, 10, 20, 50 steps (cfg++: the solvers that implement it); the
+exact output law (probe runs, probe noise for the stochastic samplers) against p(x | A), the
+tilted law p(x | A)^s p(x | B)^(1 - s) and the guided ODE's own law (the reference solver).
+Mixture part on ring2d and edm2_tree2d (class A): cfg, interval, autoguidance (guide: class A
+with covariances x2), apg (eta 0, momentum -0.5, threshold 4), cfg-zero, classifier, cfg++;
+dpm-solver++:order=2 with 32 logSNR steps, 2000 samples; class precision, NLL, off-support
+fraction, MMD^2, sliced W2, entropy (Kozachenko-Leonenko, k = 4). Corrector part on gauss4:
+predictors, predictor-corrector samplers and ald at 5..200 steps, W2 and KL of the exact law to
+p_t against NFE. Scales 1, 1.5, 2, 3, 4, 8; seed 1. --resume, --shard and `merge` work as for
+`convergence`. Errors: one line on stderr, exit 2.";
 
 #[derive(Parser)]
 #[command(name = "guidance", about = "What guided samplers produce, against exact laws", after_help = AFTER)]

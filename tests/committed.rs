@@ -88,6 +88,11 @@ fn guidance_results_match_the_code() {
         &doc,
         "mixture|ring2d|apg:eta=0,momentum=-0.5,threshold=4|2",
     );
+    recompute(
+        &GuidanceStudy,
+        &doc,
+        "corrector|gauss4|pc:predictor=ddim,step=sde|0",
+    );
 }
 
 #[test]

@@ -2,19 +2,30 @@
 //!
 //! Gaussian part: class `class` and guide class `guide` of `gaussian` are single Gaussians, so
 //! the CFG-guided prediction is affine in x and every deterministic solver is an affine map;
-//! its output law from x_T ~ p_T(x | c) is exact by d + 1 probe runs ([`GaussianLaw`]). Each
+//! its output law from x_T ~ p_T(x | c) is exact by d + 1 probe runs ([`GaussianLaw`]), and so is
+//! a stochastic sampler's, with probe noise ([`output_law`]). Each
 //! (schedule, method, scale, solver, steps) point gives W2 and KL of that law against (a) the
 //! class law p(x | c), (b) the tilted law p(x | c)^s p_guide(x)^(1 - s) (Gaussian with precision
 //! s P_c + (1 - s) P_g when that is positive definite; absent otherwise), both at the grid's last
 //! time, and (c) the law of the guided ODE itself (the reference solver on the same oracle).
+//! CFG++ runs at its own scales (`cfgpp_scales`, lambda in [0, 1]) with the solvers that
+//! implement it.
 //!
 //! Mixture part: on each labelled mixture, N samples of each guidance method at each scale
 //! (from p_T(x | c), one solver at a fixed step count): class precision (mean exact
 //! p_t(c | x)), NLL under p_t(x | c), the fraction off the class support (ln p_t(x | c) below
 //! the 0.1% quantile of exact samples), MMD^2 (median-heuristic Gaussian kernel) and sliced W2
 //! against N exact samples of p_t(x | c), at the grid's last time t. Autoguidance's guide is a
-//! degraded copy of the class: every covariance times `degrade`. For 2-D problems the first
-//! [`PANEL_POINTS`] samples are kept for the sample panels.
+//! degraded copy of the class: every covariance times `degrade`. The entropy of the samples'
+//! law, by the Kozachenko–Leonenko estimator ([`entropy_knn`], k = [`KNN`]), is reported beside
+//! the same estimate on the exact samples and the exact class entropy (Monte Carlo -E ln p), so
+//! that H(samples) - H(p(x | c)) is read with the estimator's own bias cancelled. For 2-D
+//! problems the first [`PANEL_POINTS`] samples are kept for the sample panels.
+//!
+//! Corrector part: on `corrector_problem` (a single Gaussian, unguided) the exact output law of
+//! each of `corrector_solvers` (predictors alone, predictor-corrector samplers, annealed Langevin)
+//! on `corrector_steps` logsnr steps, W2 and KL to the exact p_t at the grid's last time, against
+//! the NFE each spends.
 
 use super::convergence::range;
 use super::{require_nonempty, Keyed, Study, Unit};
@@ -22,8 +33,9 @@ use crate::error::{Error, Result};
 use crate::gmm::{GaussianMixture, MixtureSpec};
 use crate::grid::Grid;
 use crate::guidance::{Classifier, Guidance, Guide, Guided};
-use crate::metrics::distribution::{median_bandwidth, mmd2, nll, sliced_w2};
+use crate::metrics::distribution::{entropy_knn, median_bandwidth, mmd2, nll, sliced_w2};
 use crate::metrics::law::GaussianLaw;
+use crate::metrics::sde::output_law;
 use crate::rng::seed_for;
 use crate::solver::{self, Env, Model};
 use crate::{problems, schedule, Counted, Oracle};
@@ -32,6 +44,9 @@ use serde::{Deserialize, Serialize};
 
 /// Samples kept per 2-D mixture point for the panels.
 pub const PANEL_POINTS: usize = 400;
+
+/// The neighbour of the entropy estimate.
+pub const KNN: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -52,6 +67,11 @@ pub struct Config {
     pub samples: usize,
     pub degrade: f64,
     pub reference: String,
+    /// The scales (lambda) of CFG++, in both parts.
+    pub cfgpp_scales: Vec<f64>,
+    pub corrector_problem: String,
+    pub corrector_solvers: Vec<String>,
+    pub corrector_steps: Vec<usize>,
     pub seed: u64,
 }
 
@@ -62,12 +82,19 @@ impl Config {
             class: "A".into(),
             guide: "B".into(),
             schedules: vec!["vp-linear".into(), "flow".into()],
-            gaussian_methods: vec!["cfg".into(), "interval:sigma_lo=0.28,sigma_hi=5.42".into()],
+            gaussian_methods: vec![
+                "cfg".into(),
+                "interval:sigma_lo=0.28,sigma_hi=5.42".into(),
+                "cfg++".into(),
+            ],
             solvers: vec![
                 "ddim".into(),
                 "dpm-solver++:order=2".into(),
                 "unipc".into(),
                 "heun".into(),
+                "ddpm".into(),
+                "euler-maruyama".into(),
+                "pc:predictor=ddim,step=sde".into(),
             ],
             steps: vec![5, 10, 20, 50],
             scales: vec![1.0, 1.5, 2.0, 3.0, 4.0, 8.0],
@@ -79,12 +106,28 @@ impl Config {
                 "apg:eta=0,momentum=-0.5,threshold=4".into(),
                 "cfg-zero:zero_init=1".into(),
                 "classifier".into(),
+                "cfg++".into(),
             ],
             mixture_solver: "dpm-solver++:order=2".into(),
             mixture_steps: 32,
             samples: 2000,
             degrade: 2.0,
             reference: "reference".into(),
+            cfgpp_scales: vec![0.2, 0.4, 0.6, 0.8, 1.0],
+            corrector_problem: "gauss4".into(),
+            corrector_solvers: [
+                "ddim",
+                "ddpm",
+                "euler-maruyama",
+                "pc:predictor=ddim,step=sde",
+                "pc:predictor=ddim,step=sde,n=2",
+                "pc:predictor=euler-maruyama,step=sde",
+                "pc:predictor=ddpm,step=sigma,snr=0.16",
+                "ald:eps=2e-5,n=4",
+            ]
+            .map(String::from)
+            .to_vec(),
+            corrector_steps: vec![5, 10, 20, 50, 100, 200],
             seed: 1,
         }
     }
@@ -126,6 +169,14 @@ pub struct Point {
     pub off_support: Option<f64>,
     pub mmd2: Option<f64>,
     pub sliced_w2: Option<f64>,
+    /// Kozachenko–Leonenko entropy of the samples, of the exact class samples, and the exact
+    /// class entropy -E ln p(x | c) (Monte Carlo on the exact samples).
+    pub entropy: Option<f64>,
+    pub entropy_exact_knn: Option<f64>,
+    pub entropy_class: Option<f64>,
+    /// Corrector part: W2 and KL to the exact p_t.
+    pub w2_target: Option<f64>,
+    pub kl_target: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub panel: Vec<[f64; 2]>,
 }
@@ -140,6 +191,7 @@ impl Keyed for Point {
 pub struct Summary {
     pub gaussian_points: usize,
     pub mixture_points: usize,
+    pub corrector_points: usize,
 }
 
 pub struct GuidanceStudy;
@@ -149,6 +201,18 @@ fn with_scale(method: &str, s: f64) -> String {
     match method.split_once(':') {
         Some((name, rest)) => format!("{name}:scale={s},{rest}"),
         None => format!("{method}:scale={s}"),
+    }
+}
+
+/// Whether `method` is CFG++, which runs at [`Config::cfgpp_scales`].
+fn is_cfgpp(method: &str) -> bool {
+    method.split(':').next() == Some("cfg++")
+}
+
+fn scales_of<'a>(config: &'a Config, method: &str) -> &'a [f64] {
+    match is_cfgpp(method) {
+        true => &config.cfgpp_scales,
+        false => &config.scales,
     }
 }
 
@@ -238,34 +302,51 @@ impl Study for GuidanceStudy {
             }
         }
         let mut units = Vec::new();
-        for &s in &config.scales {
-            for m in &config.gaussian_methods {
+        let unit = |key: String| Unit {
+            key: key.clone(),
+            group: key,
+        };
+        for m in &config.gaussian_methods {
+            for &s in scales_of(config, m) {
                 Guidance::parse(&with_scale(m, s))?;
                 for sched in &config.schedules {
                     schedule::parse(sched)?;
-                    let key = format!("gaussian|{sched}|{m}|{s}");
-                    units.push(Unit {
-                        key: key.clone(),
-                        group: key,
-                    });
+                    units.push(unit(format!("gaussian|{sched}|{m}|{s}")));
                 }
             }
-            for p in &config.mixtures {
-                problems::load(p)?.conditional(&config.class)?;
-                for m in &config.mixture_methods {
+        }
+        for p in &config.mixtures {
+            problems::load(p)?.conditional(&config.class)?;
+            for m in &config.mixture_methods {
+                for &s in scales_of(config, m) {
                     let spec = if m.starts_with("autoguidance") && !m.contains("guide=") {
                         with_scale(m, s) + ",guide=degraded.json"
                     } else {
                         with_scale(m, s)
                     };
                     Guidance::parse(&spec)?;
-                    let key = format!("mixture|{p}|{m}|{s}");
-                    units.push(Unit {
-                        key: key.clone(),
-                        group: key,
-                    });
+                    units.push(unit(format!("mixture|{p}|{m}|{s}")));
                 }
             }
+        }
+        if !config.corrector_solvers.is_empty() {
+            let c = problems::load(&config.corrector_problem)?;
+            if c.n_components() != 1 {
+                return Err(Error::Domain(format!(
+                    "guidance: the corrector problem {} is not a single Gaussian",
+                    config.corrector_problem
+                )));
+            }
+            require_nonempty(
+                Self::KIND,
+                &[("corrector_steps", config.corrector_steps.len())],
+            )?;
+        }
+        for spec in &config.corrector_solvers {
+            units.push(unit(format!(
+                "corrector|{}|{spec}|0",
+                config.corrector_problem
+            )));
         }
         Ok(units)
     }
@@ -280,10 +361,15 @@ impl Study for GuidanceStudy {
         let spec = with_scale(method, s);
         let group = Group {
             key: unit.key.clone(),
-            guidance: spec.clone(),
+            guidance: match part {
+                "corrector" => "none".into(),
+                _ => spec.clone(),
+            },
         };
         let points = if part == "gaussian" {
             gaussian_points(config, what, method, &spec, s)?
+        } else if part == "corrector" {
+            corrector_points(config, what, method)?
         } else {
             vec![mixture_point(
                 config,
@@ -301,6 +387,7 @@ impl Study for GuidanceStudy {
         Summary {
             gaussian_points: points.iter().filter(|p| p.part == "gaussian").count(),
             mixture_points: points.iter().filter(|p| p.part == "mixture").count(),
+            corrector_points: points.iter().filter(|p| p.part == "corrector").count(),
         }
     }
 }
@@ -334,26 +421,37 @@ fn gaussian_points(
         mixture: None,
         noise_seed: 0,
     };
-    let probes = start.probes();
-    let law_of = |solver_spec: &str, grid: &Grid| -> Result<(GaussianLaw, usize, usize)> {
+    let law_of = |solver_spec: &str, grid: &Grid| -> Result<Option<(GaussianLaw, usize, usize)>> {
         let guided = g.build(&mixture, &config.class, Some(&grid.times))?;
         let counted = Counted::new(&guided);
         let model = Model::new(&counted, sc);
         let mut built = solver::build(solver_spec, &env)?;
-        let img = solver::integrate(built.solver.as_mut(), &model, grid, probes.view())?;
-        Ok((
-            start.pushed(img.view())?,
-            counted.nfe(),
-            guided.counts().oracle_calls,
-        ))
+        if guided.renoises_with_guide() && !built.solver.renoises_with_guide() {
+            return Ok(None);
+        }
+        let law = output_law(built.solver.as_mut(), &model, grid, &start)?;
+        Ok(Some((law, counted.nfe(), guided.counts().oracle_calls)))
     };
     let grid_of =
         |steps: usize| Grid::parse(&super::convergence::grid_spec("logsnr", steps, sc), sc);
-    let (limit, _, _) = law_of(&config.reference, &grid_of(64)?)?;
+    let reference = Guidance::parse(&format!("{spec},guide={}", config.guide))?;
+    let limit = {
+        let guided = reference.build(&mixture, &config.class, None)?;
+        let model = Model::new(&guided, sc);
+        // CFG++ is not the ODE of a guided score: its limit is DPM-Solver++(2M) CFG++ on a fine grid.
+        let (reference, grid) = match guided.renoises_with_guide() {
+            true => ("dpm-solver++:order=2", grid_of(1024)?),
+            false => (config.reference.as_str(), grid_of(64)?),
+        };
+        let mut built = solver::build(reference, &env)?;
+        output_law(built.solver.as_mut(), &model, &grid, &start)?
+    };
     let mut points = Vec::new();
     for solver_spec in &config.solvers {
         for &steps in &config.steps {
-            let (out, nfe, calls) = law_of(solver_spec, &grid_of(steps)?)?;
+            let Some((out, nfe, calls)) = law_of(solver_spec, &grid_of(steps)?)? else {
+                continue;
+            };
             let (w2_t, kl_t) = match &tilt {
                 Some(t) => (Some(out.w2(t)?), Some(out.kl(t)?)),
                 None => (None, None),
@@ -437,7 +535,7 @@ fn mixture_point(
     let lp = cond.log_density(x.view(), &at_end)?;
     let off = lp.iter().filter(|&&l| l < q).count() as f64 / lp.len() as f64;
     let bw = median_bandwidth(x.view(), exact.view())?;
-    let panel = if mixture.dim() == 2 && [1.0, 2.0, 4.0, 8.0].contains(&s) {
+    let panel = if mixture.dim() == 2 && !is_cfgpp(method) && [1.0, 2.0, 4.0, 8.0].contains(&s) {
         x.rows()
             .into_iter()
             .take(PANEL_POINTS)
@@ -463,7 +561,48 @@ fn mixture_point(
         off_support: Some(off),
         mmd2: Some(mmd2(x.view(), exact.view(), bw)?),
         sliced_w2: Some(sliced_w2(x.view(), exact.view(), 64, seed)?),
+        entropy: Some(entropy_knn(x.view(), KNN)?),
+        entropy_exact_knn: Some(entropy_knn(exact.view(), KNN)?),
+        entropy_class: Some(nll(&cond, exact.view(), &at_end)?.value),
         panel,
         ..Default::default()
     })
+}
+
+fn corrector_points(config: &Config, problem: &str, spec: &str) -> Result<Vec<Point>> {
+    let mixture = problems::load(problem)?;
+    let sc = schedule::parse("vp-linear")?;
+    let sc = sc.as_ref();
+    let (t0, t_end) = range(sc);
+    let (at0, at_end) = (sc.level(t0), sc.level(t_end));
+    let start = GaussianLaw::marginal(mixture.component(0), at0.alpha, at0.sigma);
+    let target = GaussianLaw::marginal(mixture.component(0), at_end.alpha, at_end.sigma);
+    let env = Env {
+        schedule: sc,
+        mixture: Some(&mixture),
+        noise_seed: 0,
+    };
+    let mut points = Vec::new();
+    for &steps in &config.corrector_steps {
+        let grid = Grid::parse(&super::convergence::grid_spec("logsnr", steps, sc), sc)?;
+        let counted = Counted::new(&mixture);
+        let model = Model::new(&counted, sc);
+        let mut built = solver::build(spec, &env)?;
+        let law = output_law(built.solver.as_mut(), &model, &grid, &start)?;
+        points.push(Point {
+            key: format!("corrector|{problem}|{spec}|{steps}"),
+            part: "corrector".into(),
+            problem: problem.into(),
+            schedule: "vp-linear".into(),
+            method: "none".into(),
+            solver: spec.into(),
+            steps,
+            nfe: counted.nfe(),
+            oracle_calls: counted.nfe(),
+            w2_target: Some(law.w2(&target)?),
+            kl_target: Some(law.kl(&target)?),
+            ..Default::default()
+        });
+    }
+    Ok(points)
 }

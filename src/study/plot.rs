@@ -1106,7 +1106,23 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>, dir: &Path) -> Result
                     .iter()
                     .filter(|p| name(&p.method) == m && &p.solver == solver)
                     .collect();
+                if mine.is_empty() {
+                    continue;
+                }
                 let at_max = mine.iter().filter(|p| p.steps == max_steps);
+                if m == "cfg" || solver == &cfg.solvers[0] {
+                    b.push((
+                        format!("{m}, {solver}"),
+                        mine.iter()
+                            .filter(|p| p.scale == s_nfe || (m == "cfg++" && p.scale == 0.2))
+                            .filter_map(|p| Some((p.nfe as f64, p.w2_limit?)))
+                            .collect(),
+                        m != "cfg",
+                    ));
+                }
+                if !(solver == &cfg.solvers[0] || solver == "ddpm") {
+                    continue;
+                }
                 a.push((
                     format!("{m}, {solver}"),
                     at_max
@@ -1124,14 +1140,6 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>, dir: &Path) -> Result
                         true,
                     ));
                 }
-                b.push((
-                    format!("{m}, {solver}"),
-                    mine.iter()
-                        .filter(|p| p.scale == s_nfe)
-                        .filter_map(|p| Some((p.nfe as f64, p.w2_limit?)))
-                        .collect(),
-                    m != "cfg",
-                ));
             }
         }
         let stem = dir.join(format!(
@@ -1147,14 +1155,52 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>, dir: &Path) -> Result
                     "{}: guided output law vs p(x | {}), {sched}, {max_steps} steps",
                     cfg.gaussian, cfg.class
                 ),
-                ("guidance scale s", "W2"),
+                ("guidance scale s (lambda for cfg++)", "W2"),
                 &a,
             )?;
             series_panel(
                 &panels[1],
-                &format!("W2 to the guided ODE's own law at s = {s_nfe}"),
+                &format!(
+                    "W2 to the limit (guided ODE; cfg++: 1024 steps) at s = {s_nfe}, cfg++ 0.2"
+                ),
                 ("NFE", "W2"),
                 &b,
+            )?;
+        });
+    }
+    let corr: Vec<_> = doc
+        .points
+        .iter()
+        .filter(|p| p.part == "corrector")
+        .collect();
+    if !corr.is_empty() {
+        let series: Vec<Series> = cfg
+            .corrector_solvers
+            .iter()
+            .map(|spec| {
+                let pts = corr
+                    .iter()
+                    .filter(|p| &p.solver == spec)
+                    .filter_map(|p| Some((p.nfe as f64, p.w2_target?)))
+                    .collect();
+                (
+                    spec.clone(),
+                    pts,
+                    spec.starts_with("pc") || spec.starts_with("ald"),
+                )
+            })
+            .collect();
+        let stem = dir.join("guidance_corrector");
+        render!(&stem, (760, 560 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            series_panel(
+                &main,
+                &format!(
+                    "{}: predictors and Langevin correctors, W2 of the exact law to p_t",
+                    cfg.corrector_problem
+                ),
+                ("NFE", "W2"),
+                &series,
             )?;
         });
     }

@@ -504,6 +504,10 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>) -> Vec<Table> {
                     p.off_support.map_or("-".into(), |v| format!("{v:.4}")),
                     opt(p.mmd2),
                     opt(p.sliced_w2),
+                    match (p.entropy, p.entropy_exact_knn) {
+                        (Some(h), Some(e)) => format!("{:.3}", h - e),
+                        _ => "-".into(),
+                    },
                 ]
             })
             .collect();
@@ -521,10 +525,38 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>) -> Vec<Table> {
                 "off support",
                 "MMD^2",
                 "sliced W2",
+                "H(q) - H(p), kNN",
             ]
             .map(String::from)
             .to_vec(),
-            bold: vec![vec![false; 8]; rows.len()],
+            bold: vec![vec![false; 9]; rows.len()],
+            rows,
+        });
+    }
+    let rows: Vec<Vec<String>> = doc
+        .points
+        .iter()
+        .filter(|p| p.part == "corrector")
+        .map(|p| {
+            vec![
+                p.solver.clone(),
+                p.steps.to_string(),
+                p.nfe.to_string(),
+                opt(p.w2_target),
+                opt(p.kl_target),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        tables.push(Table {
+            title: format!(
+                "{}, unguided: predictors and Langevin correctors, the exact output law against p_t",
+                cfg.corrector_problem
+            ),
+            header: ["sampler", "steps", "NFE", "W2 to p_t", "KL to p_t"]
+                .map(String::from)
+                .to_vec(),
+            bold: vec![vec![false; 5]; rows.len()],
             rows,
         });
     }
