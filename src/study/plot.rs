@@ -1110,11 +1110,11 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>, dir: &Path) -> Result
                     continue;
                 }
                 let at_max = mine.iter().filter(|p| p.steps == max_steps);
-                if m == "cfg" || solver == &cfg.solvers[0] {
+                if m == "cfg" || (m != "cfg++" && solver == &cfg.solvers[0]) {
                     b.push((
                         format!("{m}, {solver}"),
                         mine.iter()
-                            .filter(|p| p.scale == s_nfe || (m == "cfg++" && p.scale == 0.2))
+                            .filter(|p| p.scale == s_nfe)
                             .filter_map(|p| Some((p.nfe as f64, p.w2_limit?)))
                             .collect(),
                         m != "cfg",
