@@ -220,13 +220,16 @@ fn cfg_apg_cfg_zero_and_classifier_against_their_formulas() {
     }
 }
 
-fn run_solver(o: &dyn Oracle, solver: &str, steps: usize) -> (Array2<f64>, usize) {
-    let s = schedule::parse("vp-linear").unwrap();
-    let grid = Grid::parse(
-        &format!("logsnr:steps={steps},t_start=1,t_end=0.001"),
-        s.as_ref(),
-    )
-    .unwrap();
+/// `solver` with oracle `o` on `schedule` over `grid` from `x`: the output and the NFE.
+fn run_on(
+    o: &dyn Oracle,
+    schedule: &str,
+    grid: &str,
+    solver: &str,
+    x: &Array2<f64>,
+) -> (Array2<f64>, usize) {
+    let s = schedule::parse(schedule).unwrap();
+    let grid = Grid::parse(grid, s.as_ref()).unwrap();
     let env = Env {
         schedule: s.as_ref(),
         mixture: None,
@@ -234,15 +237,21 @@ fn run_solver(o: &dyn Oracle, solver: &str, steps: usize) -> (Array2<f64>, usize
     };
     let counted = Counted::new(o);
     let model = Model::new(&counted, s.as_ref());
-    let x =
-        problems::load("gauss2c")
-            .unwrap()
-            .sample(16, s.level(1.0).alpha, s.level(1.0).sigma, 3);
     let mut built = solver::build(solver, &env).unwrap();
     (
         solver::integrate(built.solver.as_mut(), &model, &grid, x.view()).unwrap(),
         counted.nfe(),
     )
+}
+
+/// `solver` on vp-linear over `steps` logSNR steps from 16 draws of gauss2c's p_1.
+fn run_solver(o: &dyn Oracle, solver: &str, steps: usize) -> (Array2<f64>, usize) {
+    let at = level(1.0);
+    let x = problems::load("gauss2c")
+        .unwrap()
+        .sample(16, at.alpha, at.sigma, 3);
+    let grid = format!("logsnr:steps={steps},t_start=1,t_end=0.001");
+    run_on(o, "vp-linear", &grid, solver, &x)
 }
 
 #[test]
@@ -665,17 +674,7 @@ fn guided_heun_reproduces_the_edm2_toy_sampler() {
     let tree = problems::load("edm2_tree2d").unwrap();
     let class = tree.conditional("A").unwrap();
     let weak = pfode::study::guidance::degraded(&class, 2.0).unwrap();
-    let s = schedule::parse("edm").unwrap();
-    let grid = Grid::parse(
-        "karras:steps=32,sigma_min=0.002,sigma_max=5,rho=7,zero=true",
-        s.as_ref(),
-    )
-    .unwrap();
-    let env = Env {
-        schedule: s.as_ref(),
-        mixture: None,
-        noise_seed: 0,
-    };
+    let grid = "karras:steps=32,sigma_min=0.002,sigma_max=5,rho=7,zero=true";
     let mut worst = 0.0f64;
     for c in fx["cases"].as_array().unwrap() {
         let scale = c["scale"].as_f64().unwrap();
@@ -695,16 +694,13 @@ fn guided_heun_reproduces_the_edm2_toy_sampler() {
             )
             .unwrap()
         };
-        let counted = Counted::new(&guided);
-        let model = Model::new(&counted, s.as_ref());
-        let mut built = solver::build("heun", &env).unwrap();
-        let x = solver::integrate(built.solver.as_mut(), &model, &grid, x0.view()).unwrap();
+        let (x, nfe) = run_on(&guided, "edm", grid, "heun", &x0);
         let d = (&x - &matrix(&c["out"]))
             .mapv(f64::abs)
             .fold(0.0f64, |m, &v| m.max(v));
         worst = worst.max(d);
         assert!(d < 1e-10, "{} s = {scale}: {d:e}", c["guidance"]);
-        assert_eq!(counted.nfe(), 63);
+        assert_eq!(nfe, 63);
         let calls = if scale == 1.0 { 63 } else { 126 };
         assert_eq!(guided.counts().oracle_calls, calls);
     }
