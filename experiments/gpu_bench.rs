@@ -102,6 +102,7 @@ fn nets() -> Result<Vec<(String, Mlp)>> {
                 time_features: 16,
                 omega_max: 30.0,
                 prediction: Prediction::V,
+                times: 1,
             };
             Ok((
                 format!("mlp d={dim} width={width} depth={depth}"),

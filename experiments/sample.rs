@@ -4,6 +4,7 @@
 //! [--device cpu|cuda-f32|cuda-f64]`. See `sample --help`.
 
 use clap::{CommandFactory, Parser, ValueEnum};
+use pfode::flow_map::{self, net::FlowNet, FlowMap};
 use pfode::gmm::GaussianMixture;
 use pfode::grid::Grid;
 use pfode::guidance::Guidance;
@@ -20,6 +21,10 @@ use std::time::Instant;
 const GRAMMAR: &str = "\
 Specs are NAME or NAME:key=value,key=value (every option has a default; an unknown option is an error).
 
+--flow-map  a flow map's safetensors file (`distill`): x <- Psi(x, t_i, t_(i+1)) along --grid, one
+            call per step (no --solver); --grid levels[:steps=K] is every N/K-th of the map's
+            training levels; --gamma G is CTM's gamma-sampling (1 = consistency multistep, fresh
+            noise seeded by --noise-seed)
 --net       a network's safetensors file (pfode's MLP layout, see the README); --schedule then
             defaults to the schedule in its metadata
 --device    cpu (default) | cuda-f32 | cuda-f64: the oracle on the GPU (binaries built with
@@ -61,7 +66,7 @@ Errors are one line on stderr, exit status 2, and no output file is written or c
 
 #[derive(Parser)]
 #[command(name = "sample", about = "Run one sampler on one problem or network")]
-#[command(group(clap::ArgGroup::new("oracle").required(true).args(["problem", "net"])))]
+#[command(group(clap::ArgGroup::new("oracle").required(true).args(["problem", "net", "flow_map"])))]
 struct Args {
     /// A built-in problem (ring2d, aniso16, gauss4, mix64, gauss2c, edm2_tree2d) or a mixture
     /// JSON file.
@@ -75,10 +80,16 @@ struct Args {
     /// The schedule (default: vp-linear with --problem, the network's own with --net).
     #[arg(long)]
     schedule: Option<String>,
+    /// A flow map's safetensors file (`distill`): sample with one call per grid step.
+    #[arg(long)]
+    flow_map: Option<PathBuf>,
+    /// CTM's gamma of flow-map sampling: 0 deterministic, 1 consistency multistep.
+    #[arg(long, default_value_t = 0.0)]
+    gamma: f64,
     #[arg(long)]
     grid: String,
-    #[arg(long)]
-    solver: String,
+    #[arg(long, required_unless_present = "flow_map")]
+    solver: Option<String>,
     /// An (N, d) .npy file, `prior` (exact p_T) or `standard` (N(0, sigma_T^2 I)).
     #[arg(long)]
     init: String,
@@ -242,6 +253,16 @@ fn run(args: &Args) -> Result<()> {
         .map(|p| outputs.declare("--record", p))
         .transpose()?;
     let init = Init::parse(args)?;
+    if let Some(path) = &args.flow_map {
+        return run_flow_map(args, path, &init, outputs, out_slot, record_slot);
+    }
+    let Some(solver_spec) = &args.solver else {
+        return Err(Error::invalid(
+            "--solver",
+            None,
+            "required with --problem or --net",
+        ));
+    };
     let (source, name, trained_under, problem) = match (&args.problem, &args.net) {
         (Some(problem), _) => (
             Source::Mixture(problems::load(problem)?),
@@ -340,7 +361,7 @@ fn run(args: &Args) -> Result<()> {
         },
         noise_seed: args.noise_seed,
     };
-    let mut built = solver::build(&args.solver, &env)?;
+    let mut built = solver::build(solver_spec, &env)?;
     let guided = match (&guidance, &full, &args.class) {
         (Some(g), Some(m), Some(c)) => Some(g.build(m, c, Some(&grid.times))?),
         _ => None,
@@ -419,6 +440,108 @@ fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--flow-map`: the map applied along the grid (`levels[:steps=K]` is every N/K-th of the map's
+/// own training levels), K calls.
+fn run_flow_map(
+    args: &Args,
+    path: &std::path::Path,
+    init: &Init,
+    mut outputs: Outputs,
+    out_slot: io::Slot,
+    record_slot: Option<io::Slot>,
+) -> Result<()> {
+    if args.solver.is_some() || args.class.is_some() || args.guidance.is_some() {
+        return Err(Error::invalid(
+            "--flow-map",
+            None,
+            "samples with the map alone; --solver, --class and --guidance do not apply",
+        ));
+    }
+    if args.device != Device::Cpu {
+        return Err(Error::invalid(
+            "--device",
+            None,
+            "a flow map runs on the CPU",
+        ));
+    }
+    let map = FlowNet::load(path)?;
+    let file = path.display().to_string();
+    if let Some(s) = &args.schedule {
+        if schedule::parse(s)?.spec() != map.schedule.spec() {
+            return Err(Error::invalid(
+                "--schedule",
+                None,
+                format!("{file} was trained under '{}'", map.schedule.spec()),
+            ));
+        }
+    }
+    let schedule = map.schedule.as_ref();
+    let times = if args.grid == "levels" || args.grid.starts_with("levels:") {
+        let mut spec = pfode::spec::Spec::parse("grid", &args.grid)?;
+        let levels = map.levels.clone().ok_or_else(|| {
+            Error::invalid(
+                &file,
+                Some("__metadata__.levels".into()),
+                "missing; give --grid a spec",
+            )
+        })?;
+        let n = levels.len() - 1;
+        let k = spec.take("steps", n)?;
+        spec.finish()?;
+        if k == 0 || !n.is_multiple_of(k) {
+            return Err(spec.error(format!(
+                "steps must divide the map's {n} level steps, got {k}"
+            )));
+        }
+        levels.into_iter().step_by(n / k).collect()
+    } else {
+        Grid::parse(&args.grid, schedule)?.times
+    };
+    let problem = match (init, map.metadata.get("problem")) {
+        (Init::Prior { .. }, Some(p)) => Some(problems::load(p).map_err(|e| {
+            Error::invalid(&file, Some("__metadata__.problem".into()), e.to_string())
+        })?),
+        _ => None,
+    };
+    let name = format!("flow map '{file}'");
+    let x0 = initial(
+        init,
+        problem.as_ref(),
+        &name,
+        map.dim(),
+        &schedule.level(times[0]),
+    )?;
+    let x = flow_map::sample(
+        &map,
+        schedule,
+        &times,
+        x0.view(),
+        args.gamma,
+        args.noise_seed,
+    )?;
+    if let Some(slot) = record_slot {
+        let record = json!({
+            "flow_map": file,
+            "param": map.param.name(),
+            "schedule": schedule.spec(),
+            "grid": args.grid,
+            "times": times,
+            "gamma": args.gamma,
+            "noise_seed": args.noise_seed,
+            "calls": map.calls(),
+            "init": init.record(),
+            "out": args.out.display().to_string(),
+            "n": x.nrows(),
+            "pfode_version": env!("CARGO_PKG_VERSION"),
+            "git_revision": io::git_revision(),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+        });
+        outputs.set(slot, serde_json::to_vec_pretty(&record).expect("json"));
+    }
+    outputs.set(out_slot, io::npy_bytes(&x)?);
+    outputs.commit()
 }
 
 fn main() {

@@ -103,6 +103,7 @@ fn run(args: Args) -> Result<()> {
             .prediction
             .parse::<Prediction>()
             .map_err(|e| option("--prediction", e))?,
+        times: 1,
     };
     config.validate("command line")?;
     let train_config = TrainConfig {

@@ -470,6 +470,11 @@ where
     CudaBlas: Gemm<T>,
 {
     pub fn new(gpu: Arc<Gpu>, net: &Mlp) -> Result<Self> {
+        if net.config.times != 1 {
+            return Err(Error::Domain(
+                "a two-time network (a flow map) has no CUDA path".into(),
+            ));
+        }
         let weights = (0..net.layers.len())
             .map(|l| {
                 let w: Vec<f64> = net.weight(l).iter().copied().collect();

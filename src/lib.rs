@@ -9,6 +9,7 @@ pub mod brownian;
 pub mod cuda;
 pub mod error;
 pub mod exp;
+pub mod flow_map;
 pub mod schedule;
 pub mod spec;
 pub mod study;

@@ -85,6 +85,7 @@ mod gpu {
                 time_features: 16,
                 omega_max: 30.0,
                 prediction: Prediction::V,
+                times: 1,
             };
             let net = Mlp::init(config, 3).unwrap();
             let x = pfode::rng::standard_normal(2000, d, 1, 0);

@@ -292,6 +292,7 @@ fn safetensors_headers_never_panic() {
         time_features: 4,
         omega_max: 10.0,
         prediction: Prediction::V,
+        times: 1,
     };
     let net = Mlp::init(config, 1).unwrap();
     let mut extra = BTreeMap::new();

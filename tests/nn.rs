@@ -16,6 +16,7 @@ fn config(dim: usize, width: usize, depth: usize, prediction: Prediction) -> Mlp
         time_features: 4,
         omega_max: 10.0,
         prediction,
+        times: 1,
     }
 }
 

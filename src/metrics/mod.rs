@@ -3,6 +3,7 @@
 
 pub mod assignment;
 pub mod distribution;
+pub mod flow_map;
 pub mod law;
 pub mod order;
 pub mod sde;

@@ -7,7 +7,8 @@
 //!
 //! SiLU(z) = z sigmoid(z). The time embedding e(s) has `time_features` = 2m sinusoidal features
 //! of s = t (`time_input = t`) or s = ln sigma_t (`time_input = log-sigma`, sigma floored at
-//! 1e-6 so that sigma = 0 stays finite):
+//! 1e-6 so that sigma = 0 stays finite) or s = ln(sigma_t/alpha_t)/4 (`time_input = c-noise`,
+//! EDM's c_noise, same floor):
 //!
 //! e(s) = [sin(omega_0 s), ..., sin(omega_{m-1} s), cos(omega_0 s), ..., cos(omega_{m-1} s)],
 //! omega_k = omega_max^(k / (m - 1))  (geometric from 1 to `omega_max`; omega_0 = 1 when m = 1).
@@ -39,6 +40,9 @@ pub enum TimeInput {
     T,
     /// ln sigma_t (sigma floored at [`SIGMA_FLOOR`]).
     LogSigma,
+    /// EDM's c_noise = ln(rho_t)/4 with rho = sigma/alpha (Karras et al. 2022, Table 1; rho
+    /// floored at [`SIGMA_FLOOR`]).
+    CNoise,
 }
 
 /// The floor on sigma in the `log-sigma` embedding.
@@ -49,6 +53,7 @@ impl TimeInput {
         match self {
             TimeInput::T => "t",
             TimeInput::LogSigma => "log-sigma",
+            TimeInput::CNoise => "c-noise",
         }
     }
 
@@ -57,6 +62,19 @@ impl TimeInput {
         match self {
             TimeInput::T => at.t,
             TimeInput::LogSigma => at.sigma.max(SIGMA_FLOOR).ln(),
+            TimeInput::CNoise => (at.sigma / at.alpha).max(SIGMA_FLOOR).ln() / 4.0,
+        }
+    }
+
+    /// ds/dt of [`TimeInput::of`] (0 where the floor holds).
+    pub fn rate(self, at: &NoiseLevel) -> f64 {
+        match self {
+            TimeInput::T => 1.0,
+            TimeInput::LogSigma if at.sigma > SIGMA_FLOOR => at.dsigma / at.sigma,
+            TimeInput::CNoise if at.sigma / at.alpha > SIGMA_FLOOR => {
+                (at.dsigma / at.sigma - at.dalpha / at.alpha) / 4.0
+            }
+            _ => 0.0,
         }
     }
 }
@@ -73,8 +91,9 @@ impl FromStr for TimeInput {
         match s {
             "t" => Ok(TimeInput::T),
             "log-sigma" => Ok(TimeInput::LogSigma),
+            "c-noise" => Ok(TimeInput::CNoise),
             _ => Err(Error::Domain(format!(
-                "unknown time input '{s}' (valid: t, log-sigma)"
+                "unknown time input '{s}' (valid: t, log-sigma, c-noise)"
             ))),
         }
     }
@@ -94,6 +113,9 @@ pub struct MlpConfig {
     pub omega_max: f64,
     /// What the network outputs.
     pub prediction: Prediction,
+    /// The number of time inputs: 1 for an oracle F(x, t), 2 for a two-time network F(x, s, t)
+    /// (a flow map, [`crate::flow_map`]), whose h_0 = [x, e(s), e(t)].
+    pub times: usize,
 }
 
 impl MlpConfig {
@@ -121,6 +143,9 @@ impl MlpConfig {
                 "depth",
                 format!("must be in 1..={MAX_DEPTH}, got {}", self.depth),
             );
+        }
+        if !(1..=2).contains(&self.times) {
+            return bad("times", format!("must be 1 or 2, got {}", self.times));
         }
         if self.time_features < 2 || !self.time_features.is_multiple_of(2) {
             return bad(
@@ -150,7 +175,8 @@ impl MlpConfig {
 
     /// The width of h_0.
     pub fn input_width(&self) -> usize {
-        self.dim.saturating_add(self.time_features)
+        self.dim
+            .saturating_add(self.time_features.saturating_mul(self.times))
     }
 
     /// (fan_out, fan_in) of each linear layer, input to output.
@@ -271,13 +297,76 @@ impl Mlp {
 
     /// h_0 = [x, e(s_i)] for rows with their own embedding scalars `s`.
     pub fn input(&self, x: ArrayView2<f64>, s: &[f64]) -> Array2<f64> {
-        let d = self.config.dim;
+        self.input_times(x, &[s])
+    }
+
+    /// h_0 = [x, e(s_i), e(t_i), ...]: one embedding per entry of `times` (as many as
+    /// `config.times`), each a scalar per row.
+    pub fn input_times(&self, x: ArrayView2<f64>, times: &[&[f64]]) -> Array2<f64> {
+        let (d, f) = (self.config.dim, self.config.time_features);
         let mut h = Array2::zeros((x.nrows(), self.config.input_width()));
         h.slice_mut(s![.., ..d]).assign(&x);
-        for (mut row, &si) in h.outer_iter_mut().zip(s) {
-            self.embed(si, &mut row.as_slice_mut().expect("row")[d..]);
+        for (i, mut row) in h.outer_iter_mut().enumerate() {
+            let row = row.as_slice_mut().expect("row");
+            for (j, s) in times.iter().enumerate() {
+                self.embed(s[i], &mut row[d + j * f..d + (j + 1) * f]);
+            }
         }
         h
+    }
+
+    /// The tangent of h_0 along (dx, ds_j): [dx, e'(s_1) ds_1, e'(s_2) ds_2, ...], with
+    /// d/ds sin(omega s) = omega cos(omega s) and d/ds cos(omega s) = -omega sin(omega s).
+    pub fn input_tangent(
+        &self,
+        dx: ArrayView2<f64>,
+        times: &[&[f64]],
+        dtimes: &[&[f64]],
+    ) -> Array2<f64> {
+        let (d, f, m) = (
+            self.config.dim,
+            self.config.time_features,
+            self.omegas.len(),
+        );
+        let mut h = Array2::zeros((dx.nrows(), self.config.input_width()));
+        h.slice_mut(s![.., ..d]).assign(&dx);
+        for (i, mut row) in h.outer_iter_mut().enumerate() {
+            let row = row.as_slice_mut().expect("row");
+            for (j, (s, ds)) in times.iter().zip(dtimes).enumerate() {
+                let out = &mut row[d + j * f..d + (j + 1) * f];
+                for (k, &omega) in self.omegas.iter().enumerate() {
+                    let (sin, cos) = (omega * s[i]).sin_cos();
+                    out[k] = omega * cos * ds[i];
+                    out[m + k] = -omega * sin * ds[i];
+                }
+            }
+        }
+        h
+    }
+
+    /// Forward-mode differentiation: the output F and its tangent dF along the input tangent
+    /// `dh0`, by dz_l = W_l dh_{l-1}, dh_l = SiLU'(z_l) dz_l (one pass, no cache).
+    pub fn forward_tangent(&self, h0: Array2<f64>, dh0: Array2<f64>) -> (Array2<f64>, Array2<f64>) {
+        let n = h0.nrows();
+        let (mut h, mut dh) = (h0, dh0);
+        let last = self.layers.len() - 1;
+        for l in 0..=last {
+            let fan_out = self.layers[l].fan_out;
+            let mut z = Array2::zeros((n, fan_out));
+            z.assign(&self.bias(l).broadcast((n, fan_out)).expect("bias"));
+            general_mat_mul(1.0, &h, &self.weight(l).t(), 1.0, &mut z);
+            let mut dz = Array2::zeros((n, fan_out));
+            general_mat_mul(1.0, &dh, &self.weight(l).t(), 0.0, &mut dz);
+            if l == last {
+                return (z, dz);
+            }
+            ndarray::Zip::from(&mut dz)
+                .and(&z)
+                .for_each(|d, &z| *d *= silu_prime(z));
+            h = z.mapv(silu);
+            dh = dz;
+        }
+        unreachable!()
     }
 
     /// Forward pass of one block. With `keep`, every pre-activation z_l and activation h_l is
@@ -314,6 +403,7 @@ impl Mlp {
     /// F(x, s) for one noise level, into `out`, in parallel blocks of
     /// [`crate::oracle::CHUNK_ROWS`] rows.
     pub fn predict_into(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) {
+        assert_eq!(self.config.times, 1, "a two-time network is not an oracle");
         let s = self.config.time_input.of(at);
         par_rows(x, out, |x, mut out| {
             let s = vec![s; x.nrows()];
@@ -342,6 +432,11 @@ impl Oracle for Mlp {
     }
     fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
         check_batch(self.config.dim, &x, &out)?;
+        if self.config.times != 1 {
+            return Err(Error::Domain(
+                "a two-time network (a flow map) is not an oracle; load it with --flow-map".into(),
+            ));
+        }
         self.predict_into(x, at, out);
         Ok(())
     }

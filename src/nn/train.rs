@@ -179,7 +179,7 @@ fn block_loss(
 }
 
 /// Back-propagates dL/dF through the cached forward pass, adding dL/dtheta into `grad`.
-fn backward(net: &Mlp, cache: &[Array2<f64>], dy: Array2<f64>, grad: &mut [f64]) {
+pub fn backward(net: &Mlp, cache: &[Array2<f64>], dy: Array2<f64>, grad: &mut [f64]) {
     let last = net.layers.len() - 1;
     let mut delta = dy;
     for l in (0..=last).rev() {
@@ -213,31 +213,30 @@ pub fn loss_and_grad(
     want_grad: bool,
 ) -> (f64, Vec<f64>) {
     let n = batch.t.len();
+    block_sum(n, net.params.len(), want_grad, |range, grad| {
+        block_loss(net, schedule, batch, range, n, grad)
+    })
+}
+
+/// sum_b f(block b) over the fixed blocks of [`GRAD_ROWS`] of n rows, in parallel, with the
+/// per-block gradients (`f` adds into the slice it is given when `want_grad`) summed in block
+/// order: the same bits at any thread count.
+pub fn block_sum(
+    n: usize,
+    n_params: usize,
+    want_grad: bool,
+    f: impl Fn(std::ops::Range<usize>, Option<&mut [f64]>) -> f64 + Sync,
+) -> (f64, Vec<f64>) {
     let parts: Vec<(f64, Vec<f64>)> = blocks(n, GRAD_ROWS)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|range| {
-            let mut g = if want_grad {
-                vec![0.0; net.params.len()]
-            } else {
-                Vec::new()
-            };
-            let loss = block_loss(
-                net,
-                schedule,
-                batch,
-                range,
-                n,
-                want_grad.then_some(&mut g[..]),
-            );
+            let mut g = vec![0.0; if want_grad { n_params } else { 0 }];
+            let loss = f(range, want_grad.then_some(&mut g[..]));
             (loss, g)
         })
         .collect();
-    let mut grad = if want_grad {
-        vec![0.0; net.params.len()]
-    } else {
-        Vec::new()
-    };
+    let mut grad = vec![0.0; if want_grad { n_params } else { 0 }];
     let mut loss = 0.0;
     for (l, g) in parts {
         loss += l;
@@ -295,20 +294,151 @@ impl Adam {
     }
 }
 
-/// The learning rate at step k (0-based).
-pub fn learning_rate(config: &TrainConfig, k: usize) -> f64 {
-    if k < config.warmup {
-        return config.lr * (k + 1) as f64 / config.warmup as f64;
+/// The optimizer's settings: Adam with linear warm-up over `warmup` steps, then cosine decay
+/// from `lr` to `lr * lr_final`; an entry in the log every `log_every` steps; and, with
+/// `ema` = mu > 0, an exponential moving average theta^- <- mu theta^- + (1 - mu) theta after
+/// every step (the target network of the consistency methods).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Optim {
+    pub steps: usize,
+    pub lr: f64,
+    pub lr_final: f64,
+    pub warmup: usize,
+    pub log_every: usize,
+    pub ema: f64,
+}
+
+impl From<&TrainConfig> for Optim {
+    fn from(c: &TrainConfig) -> Self {
+        Optim {
+            steps: c.steps,
+            lr: c.lr,
+            lr_final: c.lr_final,
+            warmup: c.warmup,
+            log_every: c.log_every,
+            ema: 0.0,
+        }
     }
-    let span = (config.steps - config.warmup).max(1) as f64;
-    let progress = (k - config.warmup) as f64 / span;
-    let floor = config.lr * config.lr_final;
-    floor + (config.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+impl Optim {
+    /// The learning rate at step k (0-based).
+    pub fn learning_rate(&self, k: usize) -> f64 {
+        if k < self.warmup {
+            return self.lr * (k + 1) as f64 / self.warmup as f64;
+        }
+        let span = (self.steps - self.warmup).max(1) as f64;
+        let progress = (k - self.warmup) as f64 / span;
+        let floor = self.lr * self.lr_final;
+        floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.log_every == 0 {
+            return Err(Error::Domain("steps and log_every must be >= 1".into()));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && (0.0..=1.0).contains(&self.lr_final)) {
+            return Err(Error::Domain(format!(
+                "need a finite lr > 0 and 0 <= lr_final <= 1, got lr = {} and lr_final = {}",
+                self.lr, self.lr_final
+            )));
+        }
+        if !(0.0..1.0).contains(&self.ema) {
+            return Err(Error::Domain(format!(
+                "need 0 <= ema < 1, got {}",
+                self.ema
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a run minimises.
+pub trait Objective: Sync {
+    /// The loss on the batch of step k (drawn from the step's own seed) and, with `want_grad`,
+    /// its gradient in `net.params`; `ema` is the moving-average copy (equal to `net` when the
+    /// run has no EMA), the stop-gradient target of the methods that use one.
+    fn batch(&self, net: &Mlp, ema: &Mlp, k: usize, want_grad: bool) -> Result<(f64, Vec<f64>)>;
+    /// The loss on the run's fixed validation set.
+    fn validation(&self, net: &Mlp, ema: &Mlp) -> Result<f64>;
 }
 
 /// Training stops with an error when the batch loss is not finite or exceeds this many times
 /// the loss of the first step.
 pub const DIVERGED: f64 = 1e3;
+
+/// Minimises `objective` over `net.params` in place; `on_step` is called after every step (for a
+/// progress bar). Returns the loss log and the EMA copy (a clone of the result without EMA).
+pub fn fit(
+    net: &mut Mlp,
+    objective: &dyn Objective,
+    optim: &Optim,
+    mut on_step: impl FnMut(usize),
+) -> Result<(Vec<LogEntry>, Mlp)> {
+    optim.validate()?;
+    let mut ema = net.clone();
+    let mut adam = Adam::new(net.params.len());
+    let mut log = Vec::new();
+    let mut window = 0.0;
+    let mut first_loss: Option<f64> = None;
+    for k in 0..optim.steps {
+        let (loss, grad) = objective.batch(net, &ema, k, true)?;
+        let initial = *first_loss.get_or_insert(loss);
+        if !loss.is_finite() || loss > DIVERGED * initial {
+            return Err(Error::Domain(format!(
+                "training diverged: the loss is {loss:.4e} at step {k}, against {initial:.4e} at step 0 (the limit is {DIVERGED:e} times that; lower --lr)"
+            )));
+        }
+        let lr = optim.learning_rate(k);
+        adam.step(&mut net.params, &grad, lr);
+        if optim.ema > 0.0 {
+            let mu = optim.ema;
+            ema.params
+                .iter_mut()
+                .zip(&net.params)
+                .for_each(|(e, &p)| *e = mu * *e + (1.0 - mu) * p);
+        } else {
+            ema.params.copy_from_slice(&net.params);
+        }
+        window += loss;
+        if (k + 1) % optim.log_every == 0 || k + 1 == optim.steps {
+            let n = (k % optim.log_every + 1) as f64;
+            log.push(LogEntry {
+                step: k + 1,
+                loss: window / n,
+                val_loss: objective.validation(net, &ema)?,
+                lr,
+            });
+            window = 0.0;
+        }
+        on_step(k);
+    }
+    Ok((log, ema))
+}
+
+/// The denoising loss of the module doc as an [`Objective`].
+struct Denoising<'a> {
+    mixture: &'a GaussianMixture,
+    schedule: &'a dyn Schedule,
+    config: &'a TrainConfig,
+    val: Batch,
+}
+
+impl Objective for Denoising<'_> {
+    fn batch(&self, net: &Mlp, _: &Mlp, k: usize, want_grad: bool) -> Result<(f64, Vec<f64>)> {
+        let batch = Batch::draw(
+            self.mixture,
+            self.schedule,
+            self.config,
+            self.config.batch,
+            seed_for(self.config.seed, &format!("step {k}")),
+        );
+        Ok(loss_and_grad(net, self.schedule, &batch, want_grad))
+    }
+    fn validation(&self, net: &Mlp, _: &Mlp) -> Result<f64> {
+        Ok(loss_and_grad(net, self.schedule, &self.val, false).0)
+    }
+}
 
 /// Trains `net` in place; `on_step` is called after every step (for a progress bar). Returns the
 /// loss log.
@@ -317,7 +447,7 @@ pub fn train(
     mixture: &GaussianMixture,
     schedule: &dyn Schedule,
     config: &TrainConfig,
-    mut on_step: impl FnMut(usize),
+    on_step: impl FnMut(usize),
 ) -> Result<Vec<LogEntry>> {
     if mixture.dim() != net.config.dim {
         return Err(Error::Dimension(format!(
@@ -331,12 +461,7 @@ pub fn train(
             "steps, batch, log_every and val_size must be >= 1".into(),
         ));
     }
-    if !(config.lr.is_finite() && config.lr > 0.0 && (0.0..=1.0).contains(&config.lr_final)) {
-        return Err(Error::Domain(format!(
-            "need a finite lr > 0 and 0 <= lr_final <= 1, got lr = {} and lr_final = {}",
-            config.lr, config.lr_final
-        )));
-    }
+    Optim::from(config).validate()?;
     let width = net.config.width.max(net.config.input_width());
     for (field, rows) in [("batch", config.batch), ("val_size", config.val_size)] {
         crate::limits::elements("training config", field, rows, width)?;
@@ -349,42 +474,13 @@ pub fn train(
             config.t_min, config.t_max
         )));
     }
-    let val = validation(mixture, schedule, config);
-    let mut adam = Adam::new(net.params.len());
-    let mut log = Vec::new();
-    let mut window = 0.0;
-    let mut first_loss: Option<f64> = None;
-    for k in 0..config.steps {
-        let batch = Batch::draw(
-            mixture,
-            schedule,
-            config,
-            config.batch,
-            seed_for(config.seed, &format!("step {k}")),
-        );
-        let (loss, grad) = loss_and_grad(net, schedule, &batch, true);
-        let initial = *first_loss.get_or_insert(loss);
-        if !loss.is_finite() || loss > DIVERGED * initial {
-            return Err(Error::Domain(format!(
-                "training diverged: the loss is {loss:.4e} at step {k}, against {initial:.4e} at step 0 (the limit is {DIVERGED:e} times that; lower --lr)"
-            )));
-        }
-        let lr = learning_rate(config, k);
-        adam.step(&mut net.params, &grad, lr);
-        window += loss;
-        if (k + 1) % config.log_every == 0 || k + 1 == config.steps {
-            let n = (k % config.log_every + 1) as f64;
-            log.push(LogEntry {
-                step: k + 1,
-                loss: window / n,
-                val_loss: loss_and_grad(net, schedule, &val, false).0,
-                lr,
-            });
-            window = 0.0;
-        }
-        on_step(k);
-    }
-    Ok(log)
+    let objective = Denoising {
+        mixture,
+        schedule,
+        config,
+        val: validation(mixture, schedule, config),
+    };
+    Ok(fit(net, &objective, &Optim::from(config), on_step)?.0)
 }
 
 /// The loss any oracle (e.g. the exact mixture: the Bayes-optimal value, the floor of the
@@ -410,6 +506,6 @@ pub fn oracle_loss(
 }
 
 /// Splits n rows into fixed blocks of `rows` (never thread-dependent).
-fn blocks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+pub fn blocks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..n.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(n))
 }

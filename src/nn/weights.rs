@@ -13,7 +13,8 @@
 //! `safetensors.torch.save_file(model.state_dict(), path, metadata)`. The metadata (string to
 //! string, the header's `__metadata__`) must hold `dim`, `width`, `depth`, `time_input`
 //! (`t` | `log-sigma`), `time_features`, `omega_max` and `prediction` (`eps` | `x0` | `v` |
-//! `velocity` | `score`); `schedule` (the spec the network was trained under, checked on load),
+//! `velocity` | `score`), and `times` = 2 for a two-time network (a flow map; absent means 1,
+//! and `layers.0` then has dim + 2 time_features columns); `schedule` (the spec the network was trained under, checked on load),
 //! `problem` and any other key are kept and passed back. A missing key or tensor, a shape that
 //! disagrees with the metadata, an unknown dtype, an extra tensor, a non-finite value, or an
 //! architecture over the [`crate::limits`] or larger than the file can hold is one error naming
@@ -68,6 +69,7 @@ pub fn config_metadata(c: &MlpConfig) -> BTreeMap<String, String> {
         ("prediction", c.prediction.to_string()),
     ]
     .into_iter()
+    .chain((c.times != 1).then(|| ("times", c.times.to_string())))
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
@@ -163,6 +165,10 @@ pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Loaded> {
         prediction: get("prediction")?
             .parse()
             .map_err(|e: Error| invalid(Some(field("prediction")), e.to_string()))?,
+        times: match metadata.get("times") {
+            None => 1,
+            Some(_) => int("times")?,
+        },
     };
     config.validate(source)?;
     let n_params = config.n_params();

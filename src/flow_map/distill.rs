@@ -1,0 +1,543 @@
+//! Distillation of a flow map from a teacher that is the exact model, so that the teacher error
+//! is zero (or, for progressive distillation, the exact model's own DDIM error) and what remains
+//! is learning error. Every method is a regression of the student Psi_theta(x_s, s, t) onto a
+//! stop-gradient target y with a weight w,
+//!
+//! L(theta) = 1/(N d) sum_i w_i |Psi_theta(x_i, s_i, t_i) - y_i|^2,
+//!
+//! minimised by the trainer of [`crate::nn::train`] (Adam, warm-up and cosine decay, seeded
+//! batches, the EMA, a loss log; bit-identical at any thread count). All methods work on one
+//! grid of levels t_0 > ... > t_N (a grid spec, `karras:steps=16,zero=true` by default: EDM's
+//! rho = 7 placement with a final level at sigma = 0). Row r of the batch of step k draws its
+//! indices and noise from stream (seed_for(seed, "step k"), 12, r), x0 from the mixture with the
+//! step's seed.
+//!
+//! - [`Method::Direct`], the yardstick: regression onto the exact map. A pool of `pool`
+//!   trajectories x_{t_0} ~ p_{t_0} pushed through every level by the reference solver
+//!   (DOP853, rtol 1e-12; the closed form for a Gaussian), so x_{t_i} ~ p_{t_i} exactly; pairs
+//!   i < j as below, y = the pool's point at t_j, w = 1. No anchor in the literature has it: it
+//!   is the best the architecture does for the compute.
+//! - [`Method::Cd`], consistency distillation (Song et al. 2023, Alg. 2 and eq. 7): n uniform
+//!   on 0..N-1, x_{t_n} = alpha x0 + sigma z, one teacher step (`teacher`, Heun by default)
+//!   of the exact model to x^_{t_{n+1}}, y = Psi_{theta^-}(x^_{t_{n+1}}, t_{n+1}, 0) through the
+//!   EMA copy theta^- (decay `ema`, 0.95 as Song et al. for CD; y = x^ itself when t_{n+1} is the
+//!   last level), t = 0 (the final level) always, w = 1 (their lambda = 1 with the L2 metric).
+//!   N is fixed (the paper's CD uses N = 18 on CIFAR-10).
+//! - [`Method::Ctm`], consistency trajectory models (Kim et al. 2024, eq. 8, soft consistency):
+//!   a pair i < j, u = t_k with k uniform on i+1..=j, teacher steps of the exact model from
+//!   t_i to t_k, y = G_{theta^-}(x^_{t_k}, t_k, t_j) (x^ itself when k = j). The official CTM
+//!   compares both sides after a further map to t = 0 in a feature space (LPIPS) and adds a DSM
+//!   and a GAN loss; here the L2 distance at t_j, and no auxiliary loss.
+//! - [`Method::Pd`], progressive distillation (Salimans & Ho 2022, Alg. 2): stages b = 1, 2, ...
+//!   with grids of N/2^b steps (every 2^b-th level). In stage b the student with the `ddim`
+//!   parameterisation learns two DDIM steps of the teacher (stage 1: the exact model's x0 on the
+//!   N-level grid; later: the previous student) from t_i through the middle level to t_{i+1}:
+//!   x~ = (z'' - (sigma''/sigma) z)/(alpha'' - (sigma''/sigma) alpha), loss
+//!   max(SNR(t_i), 1) |x^_theta - x~|^2 (truncated-SNR weighting). With Psi = A z + B x^_theta,
+//!   that is w = max(SNR, 1)/B^2 on Psi - z''. Each stage starts from the previous student and
+//!   trains `steps` steps; every stage's student is returned.
+//!
+//! Time pairs (direct, ctm): i uniform on 0..N-1, then j = N with probability `zero_fraction`,
+//! else uniform on i+1..=N.
+
+use super::net::{eval_rows, FlowNet, Rows};
+use super::param::Param;
+use crate::error::{Error, Result};
+use crate::gmm::GaussianMixture;
+use crate::grid::Grid;
+use crate::nn::train::{backward, block_sum, fit, LogEntry, Objective, Optim};
+use crate::nn::Mlp;
+use crate::oracle::Oracle;
+use crate::rng::{seed_for, RowRng};
+use crate::schedule::Schedule;
+use crate::solver::{self, Env, Model};
+use ndarray::{s, Array2, Axis};
+use rayon::prelude::*;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Direct,
+    Cd,
+    Ctm,
+    Pd,
+}
+
+pub const METHODS: [&str; 4] = ["direct", "cd", "ctm", "pd"];
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "direct" => Method::Direct,
+            "cd" => Method::Cd,
+            "ctm" => Method::Ctm,
+            "pd" => Method::Pd,
+            _ => {
+                return Err(Error::Domain(format!(
+                    "unknown distillation method '{s}' (valid: {})",
+                    METHODS.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        METHODS[self as usize]
+    }
+    /// The parameterisation each method trains by default.
+    pub fn default_param(self) -> &'static str {
+        match self {
+            Method::Direct => "mean-velocity",
+            Method::Cd => "consistency",
+            Method::Ctm => "ctm",
+            Method::Pd => "ddim",
+        }
+    }
+    /// Whether the map is trained for every pair of levels.
+    pub fn anytime(self) -> bool {
+        matches!(self, Method::Direct | Method::Ctm)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DistillConfig {
+    pub method: Method,
+    /// The grid spec of the levels.
+    pub levels: String,
+    pub batch: usize,
+    pub optim: Optim,
+    pub zero_fraction: f64,
+    /// The teacher's solver spec (cd, ctm).
+    pub teacher: String,
+    /// Reference trajectories in the pool (direct).
+    pub pool: usize,
+    pub reference_rtol: f64,
+    pub val_size: usize,
+    pub seed: u64,
+}
+
+/// The rows of one regression batch.
+pub struct Targets {
+    pub x: Array2<f64>,
+    pub s: Vec<f64>,
+    pub t: Vec<f64>,
+    pub y: Array2<f64>,
+    pub w: Vec<f64>,
+}
+
+/// The weighted regression loss of the module doc and its gradient (back-propagated through
+/// Psi = A x + B F: dL/dF_i = 2 w_i B_i (Psi_i - y_i) / (N d)), summed over fixed blocks.
+pub fn regression(
+    param: &Param,
+    net: &Mlp,
+    schedule: &dyn Schedule,
+    rows: &Targets,
+    want_grad: bool,
+) -> (f64, Vec<f64>) {
+    let (n, d) = rows.x.dim();
+    let scale = 1.0 / (n * d) as f64;
+    block_sum(n, net.params.len(), want_grad, |range, grad| {
+        let x = rows.x.slice(s![range.clone(), ..]);
+        let r = Rows::new(
+            param,
+            net,
+            schedule,
+            &rows.s[range.clone()],
+            &rows.t[range.clone()],
+        );
+        let mut cache = Vec::new();
+        let f = net.forward(r.input(net, x), grad.is_some().then_some(&mut cache));
+        let mut residual = r.combine(x, &f) - rows.y.slice(s![range.clone(), ..]);
+        let w = &rows.w[range];
+        let loss: f64 = residual
+            .outer_iter()
+            .zip(w)
+            .map(|(row, &w)| w * row.iter().map(|v| v * v).sum::<f64>())
+            .sum::<f64>()
+            * scale;
+        if let Some(grad) = grad {
+            for (i, mut row) in residual.outer_iter_mut().enumerate() {
+                row *= 2.0 * scale * w[i] * r.b[i];
+            }
+            backward(net, &cache, residual, grad);
+        }
+        loss
+    })
+}
+
+/// The exact teacher: the mixture's oracle under the schedule, on the grid of levels.
+pub struct Teacher<'a> {
+    pub mixture: &'a GaussianMixture,
+    pub schedule: &'a dyn Schedule,
+    pub levels: Vec<f64>,
+}
+
+impl Teacher<'_> {
+    /// For rows `x` at level i each with its own end level k_r > i: the `solver` run along the
+    /// levels from t_i, each row taken at its t_{k_r}.
+    fn solve_from(
+        &self,
+        solver: &str,
+        i: usize,
+        x: Array2<f64>,
+        k: &[usize],
+    ) -> Result<Array2<f64>> {
+        let k_max = *k.iter().max().expect("rows");
+        let grid = Grid::explicit(self.levels[i..=k_max].to_vec(), "levels", self.schedule)?;
+        let env = Env {
+            schedule: self.schedule,
+            mixture: Some(self.mixture),
+            noise_seed: 0,
+        };
+        let mut built = solver::build(solver, &env)?;
+        let model = Model::new(self.mixture as &dyn Oracle, self.schedule);
+        let (_, states) = solver::trajectory(built.solver.as_mut(), &model, &grid, x.view())?;
+        let mut out = Array2::zeros(x.dim());
+        for (r, &kr) in k.iter().enumerate() {
+            out.row_mut(r).assign(&states[kr - i].row(r));
+        }
+        Ok(out)
+    }
+
+    /// Each row r of `x` (at level `from[r]`) taken by `solver` to level `to[r]`, grouped by the
+    /// source level (one run per group, in order of the level).
+    pub fn solve(
+        &self,
+        solver: &str,
+        x: &Array2<f64>,
+        from: &[usize],
+        to: &[usize],
+    ) -> Result<Array2<f64>> {
+        let mut out = x.clone();
+        for i in 0..self.levels.len() {
+            let rows: Vec<usize> = (0..from.len())
+                .filter(|&r| from[r] == i && to[r] > i)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let xs = x.select(Axis(0), &rows);
+            let k: Vec<usize> = rows.iter().map(|&r| to[r]).collect();
+            let y = self.solve_from(solver, i, xs, &k)?;
+            for (j, &r) in rows.iter().enumerate() {
+                out.row_mut(r).assign(&y.row(j));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// x_{t_i} = alpha x0 + sigma z for each row at its own level.
+fn noised(teacher: &Teacher, x0: &Array2<f64>, z: &Array2<f64>, level: &[usize]) -> Array2<f64> {
+    let mut x = x0.clone();
+    for (r, mut row) in x.outer_iter_mut().enumerate() {
+        let at = teacher.schedule.level(teacher.levels[level[r]]);
+        row.zip_mut_with(&z.row(r), |x, &z| *x = at.alpha * *x + at.sigma * z);
+    }
+    x
+}
+
+/// A pair i < j of the module doc.
+fn pair(rng: &mut RowRng, n: usize, zero_fraction: f64) -> (usize, usize) {
+    let i = ((rng.uniform() * n as f64) as usize).min(n - 1);
+    let j = if rng.uniform() < zero_fraction {
+        n
+    } else {
+        i + 1 + ((rng.uniform() * (n - i) as f64) as usize).min(n - i - 1)
+    };
+    (i, j)
+}
+
+fn index(rng: &mut RowRng, lo: usize, hi: usize) -> usize {
+    lo + ((rng.uniform() * (hi - lo + 1) as f64) as usize).min(hi - lo)
+}
+
+/// Psi of `net` at per-row levels (indices into `levels`), in one parallel pass of blocks.
+fn map_rows(
+    param: &Param,
+    net: &Mlp,
+    schedule: &dyn Schedule,
+    levels: &[f64],
+    x: &Array2<f64>,
+    from: &[usize],
+    to: &[usize],
+) -> Array2<f64> {
+    let s: Vec<f64> = from.iter().map(|&i| levels[i]).collect();
+    let t: Vec<f64> = to.iter().map(|&i| levels[i]).collect();
+    let mut out = Array2::zeros(x.dim());
+    let rows = crate::oracle::CHUNK_ROWS;
+    out.axis_chunks_iter_mut(Axis(0), rows)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut o)| {
+            let r = b * rows..(b * rows + o.nrows());
+            o.assign(&eval_rows(
+                param,
+                net,
+                schedule,
+                x.slice(s![r.clone(), ..]),
+                &s[r.clone()],
+                &t[r],
+            ));
+        });
+    out
+}
+
+/// The objective of one method (one stage, for pd).
+struct Distill<'a> {
+    config: &'a DistillConfig,
+    param: Param,
+    teacher: &'a Teacher<'a>,
+    /// The reference trajectories at every level (direct).
+    pool: Option<&'a [Array2<f64>]>,
+    /// pd: the stage's grid (indices into the levels, every 2^b-th) and the previous student.
+    stage: Option<(Vec<usize>, Option<&'a Mlp>)>,
+    seed: u64,
+}
+
+impl Distill<'_> {
+    fn targets(&self, ema: &Mlp, n_rows: usize, seed: u64) -> Result<Targets> {
+        let levels = &self.teacher.levels;
+        let n = levels.len() - 1;
+        let d = self.teacher.mixture.dim();
+        let schedule = self.teacher.schedule;
+        let mut rngs: Vec<RowRng> = (0..n_rows)
+            .map(|r| RowRng::new(seed, 12, r as u64))
+            .collect();
+        if let Method::Direct = self.config.method {
+            let pool = self.pool.expect("pool");
+            let mut x = Array2::zeros((n_rows, d));
+            let mut y = Array2::zeros((n_rows, d));
+            let (mut s, mut t) = (Vec::new(), Vec::new());
+            for (r, rng) in rngs.iter_mut().enumerate() {
+                let m = index(rng, 0, pool[0].nrows() - 1);
+                let (i, j) = pair(rng, n, self.config.zero_fraction);
+                x.row_mut(r).assign(&pool[i].row(m));
+                y.row_mut(r).assign(&pool[j].row(m));
+                s.push(levels[i]);
+                t.push(levels[j]);
+            }
+            return Ok(Targets {
+                x,
+                s,
+                t,
+                y,
+                w: vec![1.0; n_rows],
+            });
+        }
+        let x0 = self.teacher.mixture.sample_p0(n_rows, seed);
+        let z = crate::rng::standard_normal(n_rows, d, seed, 13);
+        match self.config.method {
+            Method::Cd | Method::Ctm => {
+                let mut from = Vec::new();
+                let mut mid = Vec::new();
+                let mut to = Vec::new();
+                for rng in rngs.iter_mut() {
+                    let (i, k, j) = if self.config.method == Method::Cd {
+                        let i = index(rng, 0, n - 1);
+                        (i, i + 1, n)
+                    } else {
+                        let (i, j) = pair(rng, n, self.config.zero_fraction);
+                        (i, index(rng, i + 1, j), j)
+                    };
+                    from.push(i);
+                    mid.push(k);
+                    to.push(j);
+                }
+                let x = noised(self.teacher, &x0, &z, &from);
+                let xu = self.teacher.solve(&self.config.teacher, &x, &from, &mid)?;
+                let mut y = map_rows(&self.param, ema, schedule, levels, &xu, &mid, &to);
+                for r in 0..n_rows {
+                    if mid[r] == to[r] {
+                        y.row_mut(r).assign(&xu.row(r));
+                    }
+                }
+                let s = from.iter().map(|&i| levels[i]).collect();
+                let t = to.iter().map(|&i| levels[i]).collect();
+                Ok(Targets {
+                    x,
+                    s,
+                    t,
+                    y,
+                    w: vec![1.0; n_rows],
+                })
+            }
+            Method::Pd => {
+                let (grid, previous) = self.stage.as_ref().expect("stage");
+                let steps = grid.len() - 1;
+                let mut from = Vec::new();
+                let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+                for rng in rngs.iter_mut() {
+                    let i = index(rng, 0, steps - 1);
+                    let (lo, hi) = (grid[i], grid[i + 1]);
+                    from.push(lo);
+                    a.push(lo);
+                    b.push((lo + hi) / 2);
+                    c.push(hi);
+                }
+                let x = noised(self.teacher, &x0, &z, &from);
+                let y = match previous {
+                    None => {
+                        let half = self.teacher.solve("ddim", &x, &a, &b)?;
+                        self.teacher.solve("ddim", &half, &b, &c)?
+                    }
+                    Some(prev) => {
+                        let half = map_rows(&self.param, prev, schedule, levels, &x, &a, &b);
+                        map_rows(&self.param, prev, schedule, levels, &half, &b, &c)
+                    }
+                };
+                let s: Vec<f64> = a.iter().map(|&i| levels[i]).collect();
+                let t: Vec<f64> = c.iter().map(|&i| levels[i]).collect();
+                let w = s
+                    .iter()
+                    .zip(&t)
+                    .map(|(&s, &t)| {
+                        let at = schedule.level(s);
+                        let snr = (at.alpha / at.sigma).powi(2);
+                        let bcoef = self.param.coefficients(schedule, s, t)[1];
+                        snr.max(1.0) / (bcoef * bcoef)
+                    })
+                    .collect();
+                Ok(Targets { x, s, t, y, w })
+            }
+            Method::Direct => unreachable!(),
+        }
+    }
+}
+
+impl Objective for Distill<'_> {
+    fn batch(&self, net: &Mlp, ema: &Mlp, k: usize, want_grad: bool) -> Result<(f64, Vec<f64>)> {
+        let rows = self.targets(
+            ema,
+            self.config.batch,
+            seed_for(self.seed, &format!("step {k}")),
+        )?;
+        Ok(regression(
+            &self.param,
+            net,
+            self.teacher.schedule,
+            &rows,
+            want_grad,
+        ))
+    }
+    fn validation(&self, net: &Mlp, ema: &Mlp) -> Result<f64> {
+        let rows = self.targets(ema, self.config.val_size, seed_for(self.seed, "validation"))?;
+        Ok(regression(&self.param, net, self.teacher.schedule, &rows, false).0)
+    }
+}
+
+/// One trained student.
+pub struct Trained {
+    pub map: FlowNet,
+    pub log: Vec<LogEntry>,
+    /// The number of steps of the grid the student was trained for (pd), or of the levels.
+    pub steps: usize,
+}
+
+/// The reference trajectories of the pool: `n` points x_{t_0} ~ p_{t_0} (seed_for(seed,
+/// "pool")) at every level, by the closed form for a Gaussian and DOP853 at `rtol` otherwise.
+pub fn pool(teacher: &Teacher, n: usize, rtol: f64, seed: u64) -> Result<Vec<Array2<f64>>> {
+    let levels = &teacher.levels;
+    let at = teacher.schedule.level(levels[0]);
+    let x = teacher.mixture.sample_pt(n, &at, seed_for(seed, "pool"));
+    let grid = Grid::explicit(levels.clone(), "levels", teacher.schedule)?;
+    let spec = if teacher.mixture.n_components() == 1 {
+        "exact".to_string()
+    } else {
+        format!("reference:rtol={rtol:e},atol={rtol:e}")
+    };
+    let env = Env {
+        schedule: teacher.schedule,
+        mixture: Some(teacher.mixture),
+        noise_seed: 0,
+    };
+    let mut built = solver::build(&spec, &env)?;
+    let model = Model::new(teacher.mixture as &dyn Oracle, teacher.schedule);
+    Ok(solver::trajectory(built.solver.as_mut(), &model, &grid, x.view())?.1)
+}
+
+/// Trains a student of `init`'s architecture (two-time, `param`) by `config.method`;
+/// `on_step` after every optimizer step. One result, or one per stage for pd.
+pub fn distill(
+    init: Mlp,
+    param: Param,
+    teacher: &Teacher,
+    config: &DistillConfig,
+    mut on_step: impl FnMut(usize),
+) -> Result<Vec<Trained>> {
+    if init.config.times != 2 || init.config.dim != teacher.mixture.dim() {
+        return Err(Error::Dimension(format!(
+            "the student must be a two-time network of the problem's dimension {}",
+            teacher.mixture.dim()
+        )));
+    }
+    if config.batch == 0 || config.val_size == 0 {
+        return Err(Error::Domain("batch and val_size must be >= 1".into()));
+    }
+    if !(0.0..=1.0).contains(&config.zero_fraction) {
+        return Err(Error::Domain(format!(
+            "zero_fraction must be in [0, 1], got {}",
+            config.zero_fraction
+        )));
+    }
+    let n = teacher.levels.len() - 1;
+    let pool_points = match config.method {
+        Method::Direct => Some(pool(
+            teacher,
+            config.pool,
+            config.reference_rtol,
+            config.seed,
+        )?),
+        _ => None,
+    };
+    let schedule = crate::schedule::parse(&teacher.schedule.spec())?;
+    let wrap =
+        |net: Mlp, levels: Option<Vec<f64>>, steps: usize, log: Vec<LogEntry>| -> Result<Trained> {
+            let mut map = FlowNet::new(net, param, crate::schedule::parse(&schedule.spec())?)?;
+            map.anytime = config.method.anytime();
+            map.grid_only = levels.is_some();
+            map.levels = Some(levels.unwrap_or_else(|| teacher.levels.clone()));
+            Ok(Trained { map, log, steps })
+        };
+    let mut net = init;
+    if config.method != Method::Pd {
+        let objective = Distill {
+            config,
+            param,
+            teacher,
+            pool: pool_points.as_deref(),
+            stage: None,
+            seed: config.seed,
+        };
+        let (log, _) = fit(&mut net, &objective, &config.optim, &mut on_step)?;
+        return Ok(vec![wrap(net, None, n, log)?]);
+    }
+    if !n.is_power_of_two() || n < 2 {
+        return Err(Error::Domain(format!(
+            "progressive distillation halves the grid: need 2^m levels steps, got {n}"
+        )));
+    }
+    let mut out: Vec<Trained> = Vec::new();
+    let mut stride = 2;
+    while stride <= n {
+        let grid: Vec<usize> = (0..=n).step_by(stride).collect();
+        let previous = out.last().map(|t| t.map.net.clone());
+        let objective = Distill {
+            config,
+            param,
+            teacher,
+            pool: None,
+            stage: Some((grid.clone(), previous.as_ref())),
+            seed: seed_for(config.seed, &format!("stage {stride}")),
+        };
+        let (log, _) = fit(&mut net, &objective, &config.optim, &mut on_step)?;
+        let times = grid.iter().map(|&i| teacher.levels[i]).collect();
+        out.push(wrap(net.clone(), Some(times), n / stride, log)?);
+        stride *= 2;
+    }
+    Ok(out)
+}
