@@ -39,6 +39,12 @@
 //!
 //! Time pairs (direct, ctm): i uniform on 0..N-1, then j = N with probability `zero_fraction`,
 //! else uniform on i+1..=N.
+//!
+//! The logged validation loss is the same measure for every method: the unweighted mean squared
+//! error against the exact map, 1/(N d) sum |Psi_theta(x_s, s, t) - Psi(x_s)|^2, on `val_size`
+//! fixed exact trajectories (seed_for(seed, "validation")) at the method's own pairs (cd: onto
+//! t = 0; pd: the stage's adjacent levels). The training loss of cd and ctm chases a moving EMA
+//! target and need not fall; this one must.
 
 use super::net::{eval_rows, FlowNet, Rows};
 use super::param::Param;
@@ -294,12 +300,52 @@ struct Distill<'a> {
     teacher: &'a Teacher<'a>,
     /// The reference trajectories at every level (direct).
     pool: Option<&'a [Array2<f64>]>,
+    /// The validation trajectories.
+    val_pool: &'a [Array2<f64>],
     /// pd: the stage's grid (indices into the levels, every 2^b-th) and the previous student.
     stage: Option<(Vec<usize>, Option<&'a Mlp>)>,
     seed: u64,
 }
 
 impl Distill<'_> {
+    /// The pair (i, j) of levels a row of this method trains on.
+    fn pair_of(&self, rng: &mut RowRng) -> (usize, usize) {
+        let n = self.teacher.levels.len() - 1;
+        match (&self.config.method, &self.stage) {
+            (Method::Cd, _) => (index(rng, 0, n - 1), n),
+            (Method::Pd, Some((grid, _))) => {
+                let i = index(rng, 0, grid.len() - 2);
+                (grid[i], grid[i + 1])
+            }
+            _ => pair(rng, n, self.config.zero_fraction),
+        }
+    }
+
+    /// Rows from exact trajectories: x = the pool's point at t_i, y = at t_j, w = 1.
+    fn pool_rows(&self, pool: &[Array2<f64>], n_rows: usize, seed: u64) -> Targets {
+        let levels = &self.teacher.levels;
+        let d = pool[0].ncols();
+        let mut x = Array2::zeros((n_rows, d));
+        let mut y = Array2::zeros((n_rows, d));
+        let (mut s, mut t) = (Vec::new(), Vec::new());
+        for r in 0..n_rows {
+            let mut rng = RowRng::new(seed, 12, r as u64);
+            let m = index(&mut rng, 0, pool[0].nrows() - 1);
+            let (i, j) = self.pair_of(&mut rng);
+            x.row_mut(r).assign(&pool[i].row(m));
+            y.row_mut(r).assign(&pool[j].row(m));
+            s.push(levels[i]);
+            t.push(levels[j]);
+        }
+        Targets {
+            x,
+            s,
+            t,
+            y,
+            w: vec![1.0; n_rows],
+        }
+    }
+
     fn targets(&self, ema: &Mlp, n_rows: usize, seed: u64) -> Result<Targets> {
         let levels = &self.teacher.levels;
         let n = levels.len() - 1;
@@ -309,25 +355,7 @@ impl Distill<'_> {
             .map(|r| RowRng::new(seed, 12, r as u64))
             .collect();
         if let Method::Direct = self.config.method {
-            let pool = self.pool.expect("pool");
-            let mut x = Array2::zeros((n_rows, d));
-            let mut y = Array2::zeros((n_rows, d));
-            let (mut s, mut t) = (Vec::new(), Vec::new());
-            for (r, rng) in rngs.iter_mut().enumerate() {
-                let m = index(rng, 0, pool[0].nrows() - 1);
-                let (i, j) = pair(rng, n, self.config.zero_fraction);
-                x.row_mut(r).assign(&pool[i].row(m));
-                y.row_mut(r).assign(&pool[j].row(m));
-                s.push(levels[i]);
-                t.push(levels[j]);
-            }
-            return Ok(Targets {
-                x,
-                s,
-                t,
-                y,
-                w: vec![1.0; n_rows],
-            });
+            return Ok(self.pool_rows(self.pool.expect("pool"), n_rows, seed));
         }
         let x0 = self.teacher.mixture.sample_p0(n_rows, seed);
         let z = crate::rng::standard_normal(n_rows, d, seed, 13);
@@ -424,8 +452,14 @@ impl Objective for Distill<'_> {
             want_grad,
         ))
     }
-    fn validation(&self, net: &Mlp, ema: &Mlp) -> Result<f64> {
-        let rows = self.targets(ema, self.config.val_size, seed_for(self.seed, "validation"))?;
+    /// The mean squared error against the exact map on the method's own pairs (unweighted, the
+    /// same measure for every method), on the fixed validation trajectories.
+    fn validation(&self, net: &Mlp, _: &Mlp) -> Result<f64> {
+        let rows = self.pool_rows(
+            self.val_pool,
+            self.config.val_size,
+            seed_for(self.seed, "validation"),
+        );
         Ok(regression(&self.param, net, self.teacher.schedule, &rows, false).0)
     }
 }
@@ -494,6 +528,12 @@ pub fn distill(
         )?),
         _ => None,
     };
+    let val_pool = pool(
+        teacher,
+        config.val_size,
+        config.reference_rtol,
+        seed_for(config.seed, "validation"),
+    )?;
     let schedule = crate::schedule::parse(&teacher.schedule.spec())?;
     let wrap =
         |net: Mlp, levels: Option<Vec<f64>>, steps: usize, log: Vec<LogEntry>| -> Result<Trained> {
@@ -510,6 +550,7 @@ pub fn distill(
             param,
             teacher,
             pool: pool_points.as_deref(),
+            val_pool: &val_pool,
             stage: None,
             seed: config.seed,
         };
@@ -531,6 +572,7 @@ pub fn distill(
             param,
             teacher,
             pool: None,
+            val_pool: &val_pool,
             stage: Some((grid.clone(), previous.as_ref())),
             seed: seed_for(config.seed, &format!("stage {stride}")),
         };
