@@ -40,8 +40,10 @@ struct Args {
     /// consistency, ctm, mean-velocity or ddim (default: the method's own).
     #[arg(long)]
     param: Option<String>,
-    #[arg(long, default_value_t = 0.5)]
-    sigma_data: f64,
+    /// The data scale of the consistency and CTM parameterisations (default: the problem's
+    /// per-coordinate RMS standard deviation, sqrt(tr Cov(p_0) / d)).
+    #[arg(long)]
+    sigma_data: Option<f64>,
     /// The grid spec of the training levels.
     #[arg(long, default_value = "karras:steps=16,zero=true")]
     levels: String,
@@ -90,12 +92,30 @@ struct Args {
     log: Option<PathBuf>,
 }
 
+/// sqrt(tr Cov(p_0) / d) of a mixture: sum_k w_k (|mu_k - mu|^2 + tr Sigma_k) / d.
+fn data_scale(mixture: &pfode::GaussianMixture) -> f64 {
+    let d = mixture.dim();
+    let w = mixture.weights();
+    let mean = (0..w.len()).fold(pfode::ndarray::Array1::<f64>::zeros(d), |m, k| {
+        m + &mixture.mean(k) * w[k]
+    });
+    let total: f64 = (0..w.len())
+        .map(|k| {
+            let c = mixture.component(k);
+            w[k] * ((&c.mean - &mean).mapv(|v| v * v).sum() + c.l.sum())
+        })
+        .sum();
+    (total / d as f64).sqrt()
+}
+
 fn run(args: Args) -> Result<()> {
     let option =
         |field: &str, e: Error| Error::invalid("command line", Some(field.into()), e.to_string());
     let method: Method = args.method.parse().map_err(|e| option("--method", e))?;
     let param_name = args.param.as_deref().unwrap_or(method.default_param());
-    let param = Param::parse(param_name, args.sigma_data).map_err(|e| option("--param", e))?;
+    let mixture = problems::load(&args.problem)?;
+    let sigma_data = args.sigma_data.unwrap_or_else(|| data_scale(&mixture));
+    let param = Param::parse(param_name, sigma_data).map_err(|e| option("--param", e))?;
     let out_text = args.out.display().to_string();
     if (method == Method::Pd) != out_text.contains("{steps}") {
         return Err(option(
@@ -103,7 +123,6 @@ fn run(args: Args) -> Result<()> {
             Error::Domain("pd writes one file per stage and needs {steps} in --out; the other methods write one file without it".into()),
         ));
     }
-    let mixture = problems::load(&args.problem)?;
     let schedule = schedule::parse(&args.schedule)?;
     let levels = Grid::parse(&args.levels, schedule.as_ref())
         .map_err(|e| option("--levels", e))?
@@ -219,6 +238,7 @@ fn run(args: Args) -> Result<()> {
         "n_params": config.n_params(),
         "distill": distill_config,
         "wall_seconds": seconds,
+        "exact_val_loss": 0.0,
         "optimizer_steps": args.steps * stages.len(),
         "samples_seen": args.steps * stages.len() * args.batch,
         "stages": stage_logs,

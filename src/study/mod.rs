@@ -19,6 +19,7 @@
 //!   thread count, with or without sharding and resuming.
 
 pub mod convergence;
+pub mod flow_maps;
 pub mod guidance;
 pub mod learned;
 pub mod ot_gap;
