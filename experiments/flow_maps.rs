@@ -10,7 +10,7 @@ use pfode::study::SweepArgs;
 const AFTER: &str = "\
 Defaults (the committed study): --problems gauss4,ring2d,aniso16 --schedule vp-linear
 --levels karras:steps=16,zero=true --models results/models/flow_maps --methods direct,cd,ctm,pd
---solvers dpm-solver++,unipc,heun,ddim --calls 1,2,4,8 --samples 2000 --heat-rows 500 --seed 1.
+--solvers dpm-solver++,unipc,heun,ddim --calls 1,2,4,8 --samples 4000 --heat-rows 500 --seed 1.
 The models are made by `distill` (the commands are in the README).
 
 Writes one JSON document (kind \"flow_maps\"): per problem the levels and the sampling floor of

@@ -180,7 +180,12 @@ fn run(args: &Args) -> Result<()> {
             mkdir()?;
             plot::guidance(&doc, &args.out_dir)?
         }
-        "train" => {
+        "flow_maps" => {
+            let doc = study::read::<pfode::study::flow_maps::FlowMaps>(&args.results)?;
+            mkdir()?;
+            plot::flow_maps(&doc, &args.out_dir)?
+        }
+        "train" | "distill" => {
             let text = std::fs::read_to_string(&args.results).map_err(|e| Error::io(&args.results, e))?;
             let log: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 Error::invalid(args.results.display().to_string(), None, format!("not JSON: {e}"))
@@ -192,7 +197,7 @@ fn run(args: &Args) -> Result<()> {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
-                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, train)"),
+                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, flow_maps, train, distill)"),
             ))
         }
     };

@@ -5,6 +5,7 @@
 //! regenerated.
 
 use pfode::study::convergence::{self, Convergence};
+use pfode::study::flow_maps::{self as fmaps, FlowMaps};
 use pfode::study::guidance::{self as guid, GuidanceStudy};
 use pfode::study::learned::{self, Learned};
 use pfode::study::ot_gap::{self, OtGap};
@@ -111,4 +112,12 @@ fn learned_results_match_the_code() {
         &doc,
         "results/models/ring2d.safetensors|ddim",
     );
+}
+
+#[test]
+fn flow_maps_results_match_the_code() {
+    let doc = committed::<FlowMaps>("results/flow_maps.json");
+    same_config(&doc, &fmaps::Config::main());
+    recompute(&FlowMaps::default(), &doc, "ring2d|ctm");
+    recompute(&FlowMaps::default(), &doc, "gauss4|solver:ddim");
 }

@@ -417,3 +417,63 @@ fn flow_map_files_round_trip_and_malformed_ones_are_one_line_errors() {
     assert_eq!(r["calls"], 2);
     assert_eq!(pfode::io::read_npy(&out_path).unwrap().dim(), (10, 2));
 }
+
+#[test]
+fn distill_errors_are_one_line_with_no_output() {
+    let dir = scratch("distill");
+    let out = dir.join("m.safetensors");
+    let o = out.to_str().unwrap();
+    let pd_out = dir.join("m_{steps}.safetensors");
+    for (args, needle) in [
+        (vec!["--method", "banana", "--out", o], "--method"),
+        (vec!["--method", "pd", "--out", o], "{steps}"),
+        (
+            vec!["--method", "cd", "--out", pd_out.to_str().unwrap()],
+            "{steps}",
+        ),
+        (
+            vec!["--method", "cd", "--param", "nope", "--out", o],
+            "--param",
+        ),
+        (
+            vec!["--method", "cd", "--levels", "karras:steps=0", "--out", o],
+            "--levels",
+        ),
+        (
+            vec![
+                "--method",
+                "direct",
+                "--zero-fraction",
+                "2",
+                "--steps",
+                "2",
+                "--out",
+                o,
+            ],
+            "zero_fraction",
+        ),
+        (
+            vec![
+                "--method",
+                "pd",
+                "--levels",
+                "karras:steps=6,zero=true",
+                "--steps",
+                "2",
+                "--out",
+                pd_out.to_str().unwrap(),
+            ],
+            "halves",
+        ),
+    ] {
+        let r = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{args:?}");
+    }
+}

@@ -6,7 +6,8 @@
 //! - `semigroup_defect`: E |Psi^_{u->t}(Psi^_{s->u}(x_s)) - Psi^_{s->t}(x_s)| for triples
 //!   i < m < j, the map against its own composition (zero for the exact map).
 //! - `quality`: the samples of k-step sampling against p_0: the NLL under the exact density, the
-//!   kNN entropy H(q) and the gap H(q) - H_kNN(exact samples) (the estimator's bias cancels),
+//!   kNN entropy H(q), the gap H(q) - H_kNN(exact samples) (the estimator's bias cancels) and
+//!   the estimate NLL - H_kNN(q) of KL(q | p_0),
 //!   MMD^2 (RBF at the median bandwidth) and sliced W2 against exact samples, and on a Gaussian
 //!   problem the exact W2 between p_0 and the Gaussian fitted to the samples (whose sampling
 //!   error is the same number for exact samples of the same size, [`gaussian_fit_w2`]).
@@ -135,6 +136,8 @@ pub struct Quality {
     pub nll: Estimate,
     pub entropy_knn: f64,
     pub entropy_gap: f64,
+    /// NLL - H_kNN(q): the estimate of KL(q | p_0).
+    pub kl: f64,
     pub mmd2: f64,
     pub sliced_w2: f64,
     /// The exact W2 from the fitted Gaussian to p_0 (a one-component problem only).
@@ -164,8 +167,10 @@ pub fn quality(
         sigma_dsigma: 0.0,
     };
     let entropy_knn = distribution::entropy_knn(x, KNN)?;
+    let nll = distribution::nll(mixture, x, &at0)?;
     Ok(Quality {
-        nll: distribution::nll(mixture, x, &at0)?,
+        kl: nll.value - entropy_knn,
+        nll,
         entropy_knn,
         entropy_gap: entropy_knn - distribution::entropy_knn(exact, KNN)?,
         mmd2: distribution::mmd2(x, exact, bandwidth)?,

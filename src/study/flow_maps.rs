@@ -14,7 +14,8 @@
 //!   n that fits, on the same every N/n-th level when n divides N, else on
 //!   `karras:steps=n,zero=true` from the same t_0), each measured by
 //!   [`crate::metrics::flow_map::quality`] against the exact p_0 (NLL, kNN entropy gap, MMD^2,
-//!   sliced W2; the fitted-Gaussian W2 on gauss4), and the group's `floor` is the same
+//!   sliced W2, the KL estimate NLL - H_kNN; the fitted-Gaussian W2 on gauss4), and the
+//!   group's `floor` is the same
 //!   measure of a second exact sample of the same size (the sampling error);
 //! - the flow-map error heat map E|Psi^_{s->t}(x_s) - Psi_{s->t}(x_s)| on every pair of levels the
 //!   map was made for (all pairs for anytime maps and one-step solver maps, the pairs onto
@@ -69,7 +70,7 @@ impl Config {
             methods: v(&["direct", "cd", "ctm", "pd"]),
             solvers: v(&["dpm-solver++", "unipc", "heun", "ddim"]),
             calls: vec![1, 2, 4, 8],
-            samples: 2000,
+            samples: 4000,
             heat_rows: 500,
             reference_rtol: 1e-12,
             seed: 1,
@@ -111,6 +112,8 @@ pub struct Training {
     pub optimizer_steps: usize,
     pub samples_seen: usize,
     pub n_params: usize,
+    /// The last logged validation MSE against the exact map (of the last stage, for pd).
+    pub final_val_mse: Option<f64>,
     pub cpu: Option<String>,
 }
 
@@ -135,9 +138,9 @@ pub struct Best {
     pub problem: String,
     pub calls: usize,
     pub learned: String,
-    pub learned_sliced_w2: f64,
+    pub learned_kl: f64,
     pub solver: String,
-    pub solver_sliced_w2: f64,
+    pub solver_kl: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -148,11 +151,13 @@ pub struct Yardstick {
     pub heat_ratio: f64,
     /// Sliced W2 at each of `calls`, divided by direct's.
     pub sliced_w2_ratio: Vec<Option<f64>>,
+    /// The KL estimate at each of `calls` minus direct's.
+    pub kl_excess: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
-    /// Per problem and call count: the best learned map and the best solver by sliced W2.
+    /// Per problem and call count: the best learned map and the best solver by the KL estimate.
     pub best: Vec<Best>,
     pub yardstick: Vec<Yardstick>,
 }
@@ -247,6 +252,10 @@ fn training(config: &Config, problem: &str, method: &str) -> Result<Training> {
         optimizer_steps: num("optimizer_steps")? as usize,
         samples_seen: num("samples_seen")? as usize,
         n_params: num("n_params")? as usize,
+        final_val_mse: v["stages"]
+            .as_array()
+            .and_then(|s| s.last())
+            .and_then(|s| s["final_val_loss"].as_f64()),
         cpu: v["provenance"]["machine"]["cpu"].as_str().map(String::from),
     })
 }
@@ -492,19 +501,16 @@ impl Study for FlowMaps {
 
     fn summarize(config: &Config, _: &[Group], points: &[Point]) -> Summary {
         let mut summary = Summary::default();
-        let sw2 = |p: &Point, k: usize| {
-            p.frontier
-                .iter()
-                .find(|f| f.calls == k)
-                .map(|f| f.quality.sliced_w2)
-        };
+        let at = |p: &Point, k: usize| p.frontier.iter().find(|f| f.calls == k).map(|f| f.quality);
+        let sw2 = |p: &Point, k: usize| at(p, k).map(|q| q.sliced_w2);
+        let kl = |p: &Point, k: usize| at(p, k).map(|q| q.kl);
         for problem in &config.problems {
             let of: Vec<&Point> = points.iter().filter(|p| &p.problem == problem).collect();
             for &k in &config.calls {
                 let best = |learned: bool| {
                     of.iter()
                         .filter(|p| p.learned == learned)
-                        .filter_map(|p| sw2(p, k).map(|v| (p.map.clone(), v)))
+                        .filter_map(|p| kl(p, k).map(|v| (p.map.clone(), v)))
                         .min_by(|a, b| a.1.total_cmp(&b.1))
                 };
                 if let (Some(l), Some(s)) = (best(true), best(false)) {
@@ -512,9 +518,9 @@ impl Study for FlowMaps {
                         problem: problem.clone(),
                         calls: k,
                         learned: l.0,
-                        learned_sliced_w2: l.1,
+                        learned_kl: l.1,
                         solver: s.0,
-                        solver_sliced_w2: s.1,
+                        solver_kl: s.1,
                     });
                 }
             }
@@ -540,6 +546,11 @@ impl Study for FlowMaps {
                             (Some(a), Some(b)) => Some(a / b),
                             _ => None,
                         })
+                        .collect(),
+                    kl_excess: config
+                        .calls
+                        .iter()
+                        .map(|&k| Some(kl(p, k)? - kl(direct, k)?))
                         .collect(),
                 });
             }

@@ -15,7 +15,9 @@
 //!   oracle (dashed) and the network's total error (solid) vs NFE, with the network error of the
 //!   sampling map as a black line.
 //! - `train` (a training log): training and validation loss vs step, minus the exact oracle's
-//!   validation loss (the Bayes floor), on log-log axes.
+//!   validation loss (the Bayes floor), on log-log axes; a `distill` log likewise (its floor is 0,
+//!   the exact map).
+//! - `flow_maps`: the few-step frontier and the (s, t) error heat maps ([`flow_maps`]).
 //!
 //! Every figure carries a footer with the git revision, command and seed of the results file.
 
@@ -947,16 +949,25 @@ pub fn train_log(log: &serde_json::Value, source: &Path, dir: &Path) -> Result<V
         ("validation loss".into(), excess("val_loss")?, false),
     ];
     let problem = log["problem"].as_str().unwrap_or("network");
-    let stem = dir.join(format!("train_{problem}"));
+    let (stem, what) = match log["method"].as_str() {
+        Some(method) => (
+            dir.join(format!("distill_{problem}_{method}")),
+            format!("{method} validation MSE to the exact map; training"),
+        ),
+        None => (
+            dir.join(format!("train_{problem}")),
+            log["network"]["prediction"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
+        ),
+    };
     let mut out = Vec::new();
     render!(&stem, (720, 480 + 18), out, |root| {
         let main = footer(&root, &provenance)?;
         series_panel(
             &main,
-            &format!(
-                "{problem}: {} loss minus the exact oracle's {floor:.4}",
-                log["network"]["prediction"].as_str().unwrap_or("?")
-            ),
+            &format!("{problem}: {what} loss minus the floor {floor:.4}"),
             ("step", "excess loss"),
             &series,
         )?;
@@ -1321,6 +1332,146 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>, dir: &Path) -> Result
                                 .map_err(err)?;
                         }
                     }
+                }
+            }
+        );
+    }
+    Ok(out)
+}
+
+/// A blue-to-yellow gradient (five stops of viridis) at u in [0, 1].
+fn gradient(u: f64) -> RGBColor {
+    const STOPS: [(f64, f64, f64); 5] = [
+        (68.0, 1.0, 84.0),
+        (59.0, 82.0, 139.0),
+        (33.0, 145.0, 140.0),
+        (94.0, 201.0, 98.0),
+        (253.0, 231.0, 37.0),
+    ];
+    let x = u.clamp(0.0, 1.0) * 4.0;
+    let k = (x.floor() as usize).min(3);
+    let f = x - k as f64;
+    let (a, b) = (STOPS[k], STOPS[k + 1]);
+    let mix = |p: f64, q: f64| (p + f * (q - p)).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// The `flow_maps` study: the few-step frontier (sliced W2 to p_0 vs network calls; learned
+/// maps solid, solvers dashed, the exact-sample floor in grey), one panel per problem; and per
+/// problem the (s, t) heat maps of log10 E|Psi^ - Psi|, one panel per map, source level i down
+/// the rows and target level j across (blank where a map has no such pair).
+pub fn flow_maps(doc: &Doc<super::flow_maps::FlowMaps>, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    let cfg = &doc.config;
+    let problems: Vec<&String> = cfg
+        .problems
+        .iter()
+        .filter(|p| doc.points.iter().any(|q| &q.problem == *p))
+        .collect();
+    let stem = dir.join("flow_maps_frontier");
+    let width = 460 * problems.len().max(1) as u32;
+    render!(&stem, (width, 440 + 18), out, |root| {
+        let main = footer(&root, &doc.provenance)?;
+        let panels = main.split_evenly((1, problems.len().max(1)));
+        for (panel, problem) in panels.iter().zip(&problems) {
+            let mut series: Vec<Series> = doc
+                .points
+                .iter()
+                .filter(|p| &p.problem == *problem)
+                .map(|p| {
+                    let pts = p
+                        .frontier
+                        .iter()
+                        .map(|f| (f.nfe.max(1) as f64, f.quality.sliced_w2))
+                        .collect();
+                    (p.map.clone(), pts, !p.learned)
+                })
+                .collect();
+            let mut colors: Vec<RGBColor> = (0..series.len()).map(color).collect();
+            if let Some(g) = doc.groups.iter().find(|g| &g.key == *problem) {
+                let (lo, hi) = (
+                    *cfg.calls.iter().min().unwrap_or(&1) as f64,
+                    *cfg.calls.iter().max().unwrap_or(&8) as f64,
+                );
+                series.push((
+                    "exact samples".into(),
+                    vec![(lo, g.floor.sliced_w2), (hi, g.floor.sliced_w2)],
+                    true,
+                ));
+                colors.push(BLACK);
+            }
+            colored_panel(
+                panel,
+                &format!("{problem}: sliced W2 to p_0"),
+                ("network calls (NFE)", "sliced W2"),
+                &series,
+                &colors,
+            )?;
+        }
+    });
+    for problem in &problems {
+        let maps: Vec<_> = doc
+            .points
+            .iter()
+            .filter(|p| &p.problem == *problem && !p.heat.is_empty())
+            .collect();
+        let n = doc
+            .groups
+            .iter()
+            .find(|g| &g.key == *problem)
+            .map_or(0, |g| g.levels.len() - 1);
+        let logs: Vec<f64> = maps
+            .iter()
+            .flat_map(|p| p.heat.iter().map(|e| e.mean_norm.max(1e-16).log10()))
+            .collect();
+        let (lo, hi) = logs
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let stem = dir.join(format!("flow_maps_heat_{problem}"));
+        let cols = maps.len().clamp(1, 4);
+        let rows = maps.len().div_ceil(cols).max(1);
+        render!(
+            &stem,
+            (300 * cols as u32, 300 * rows as u32 + 36),
+            out,
+            |root| {
+                let main = footer(&root, &doc.provenance)?;
+                let main = footer_text(
+                    &main,
+                    format!(
+                        "{problem}: log10 E|Psi^ - Psi| from {lo:.2} (dark) to {hi:.2} (yellow); rows: source level i, columns: target level j"
+                    ),
+                )?;
+                let panels = main.split_evenly((rows, cols));
+                for (panel, p) in panels.iter().zip(&maps) {
+                    let mut chart = ChartBuilder::on(panel)
+                        .caption(&p.map, ("sans-serif", 13))
+                        .margin(6)
+                        .x_label_area_size(22)
+                        .y_label_area_size(26)
+                        .build_cartesian_2d(0.0..(n + 1) as f64, (n + 1) as f64..0.0)
+                        .map_err(err)?;
+                    chart
+                        .configure_mesh()
+                        .disable_mesh()
+                        .label_style(("sans-serif", 9))
+                        .draw()
+                        .map_err(err)?;
+                    chart
+                        .draw_series(p.heat.iter().map(|e| {
+                            let u = (e.mean_norm.max(1e-16).log10() - lo) / (hi - lo).max(1e-9);
+                            Rectangle::new(
+                                [
+                                    (e.j as f64, e.i as f64),
+                                    (e.j as f64 + 1.0, e.i as f64 + 1.0),
+                                ],
+                                gradient(u).filled(),
+                            )
+                        }))
+                        .map_err(err)?;
                 }
             }
         );

@@ -562,3 +562,162 @@ pub fn guidance(doc: &Doc<super::guidance::GuidanceStudy>) -> Vec<Table> {
     }
     tables
 }
+
+/// The `flow_maps` study: per problem the few-step frontier (sliced W2 and NLL at each call
+/// count; the best per column in bold, the exact-sample floor last), on gauss4 also the W2 of
+/// the fitted Gaussian (and KL estimate, MMD^2); the flow-map errors (boundary, all pairs, semigroup defect, ratio to
+/// direct regression); and the training cost.
+pub fn flow_maps(doc: &Doc<super::flow_maps::FlowMaps>) -> Vec<Table> {
+    use super::flow_maps::Point;
+    let cfg = &doc.config;
+    let mut tables = Vec::new();
+    type Metric = fn(&crate::metrics::flow_map::Quality) -> Option<f64>;
+    let metrics: [(&str, Metric); 5] = [
+        ("KL(q | p_0) estimate (NLL - kNN entropy)", |q| Some(q.kl)),
+        ("NLL under p_0", |q| Some(q.nll.value)),
+        ("sliced W2 to p_0", |q| Some(q.sliced_w2)),
+        ("MMD^2 to p_0", |q| Some(q.mmd2)),
+        ("W2 of the fitted Gaussian to p_0", |q| q.gaussian_w2),
+    ];
+    for problem in &cfg.problems {
+        let pts: Vec<&Point> = doc
+            .points
+            .iter()
+            .filter(|p| &p.problem == problem)
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let floor = doc
+            .groups
+            .iter()
+            .find(|g| &g.key == problem)
+            .map(|g| g.floor);
+        for (what, metric) in metrics {
+            if floor.and_then(|f| metric(&f)).is_none() {
+                continue;
+            }
+            let mut header = vec!["map".to_string()];
+            header.extend(
+                cfg.calls
+                    .iter()
+                    .map(|k| format!("{k} call{}", if *k == 1 { "" } else { "s" })),
+            );
+            let values: Vec<Vec<Option<f64>>> = pts
+                .iter()
+                .map(|p| {
+                    cfg.calls
+                        .iter()
+                        .map(|&k| {
+                            p.frontier
+                                .iter()
+                                .find(|f| f.calls == k)
+                                .and_then(|f| metric(&f.quality))
+                        })
+                        .collect()
+                })
+                .collect();
+            let best: Vec<Option<usize>> = (0..cfg.calls.len())
+                .map(|c| argbest(&values.iter().map(|v| v[c]).collect::<Vec<_>>()))
+                .collect();
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            let mut bold = Vec::new();
+            for (r, (p, v)) in pts.iter().zip(&values).enumerate() {
+                let kind = if p.learned { "learned" } else { "solver" };
+                let mut row = vec![format!("{} ({kind})", p.map)];
+                row.extend(v.iter().map(|x| x.map_or("-".into(), sci)));
+                rows.push(row);
+                let mut b = vec![false];
+                b.extend(best.iter().map(|&i| i == Some(r)));
+                bold.push(b);
+            }
+            if let Some(f) = floor.and_then(|f| metric(&f)) {
+                let mut row = vec!["exact samples (floor)".to_string()];
+                row.extend(cfg.calls.iter().map(|_| sci(f)));
+                rows.push(row);
+                bold.push(vec![false; cfg.calls.len() + 1]);
+            }
+            tables.push(Table {
+                title: format!("{problem}: {what} of {}-sample runs from the same x_T, by network calls (NFE for solvers)", cfg.samples),
+                header,
+                rows,
+                bold,
+            });
+        }
+        let ratio = |p: &Point| {
+            doc.summary
+                .yardstick
+                .iter()
+                .find(|y| &y.problem == problem && y.method == p.map)
+                .map(|y| format!("{:.2}", y.heat_ratio))
+                .unwrap_or_else(|| {
+                    if p.map == "direct" {
+                        "1".into()
+                    } else {
+                        "-".into()
+                    }
+                })
+        };
+        let rows: Vec<Vec<String>> = pts
+            .iter()
+            .map(|p| {
+                let all =
+                    p.heat.iter().map(|e| e.mean_norm).sum::<f64>() / p.heat.len().max(1) as f64;
+                vec![
+                    p.map.clone(),
+                    p.heat.len().to_string(),
+                    sci(p.boundary),
+                    sci(all),
+                    if p.learned { ratio(p) } else { "-".into() },
+                    p.semigroup.as_ref().map_or("-".into(), |s| sci(s.mean)),
+                    p.semigroup.as_ref().map_or("-".into(), |s| sci(s.max)),
+                ]
+            })
+            .collect();
+        tables.push(Table {
+            title: format!("{problem}: flow-map error E|Psi^ - Psi| (one call per pair; solvers one step) and semigroup defect"),
+            header: ["map", "pairs", "boundary (t = 0)", "mean over pairs", "ratio to direct", "semigroup mean", "semigroup max"]
+                .map(String::from)
+                .to_vec(),
+            bold: vec![vec![false; 7]; rows.len()],
+            rows,
+        });
+    }
+    let rows: Vec<Vec<String>> = doc
+        .points
+        .iter()
+        .filter_map(|p| {
+            let t = p.training.as_ref()?;
+            Some(vec![
+                p.problem.clone(),
+                p.map.clone(),
+                p.param.clone().unwrap_or_default(),
+                t.n_params.to_string(),
+                t.optimizer_steps.to_string(),
+                t.samples_seen.to_string(),
+                format!("{:.1}", t.wall_seconds),
+                t.final_val_mse.map_or("-".into(), sci),
+                t.cpu.clone().unwrap_or_default(),
+            ])
+        })
+        .collect();
+    tables.push(Table {
+        title: "Training cost of the distilled maps".into(),
+        header: [
+            "problem",
+            "method",
+            "parameterisation",
+            "parameters",
+            "optimizer steps",
+            "samples seen",
+            "wall s",
+            "final validation MSE",
+            "CPU",
+        ]
+        .map(String::from)
+        .to_vec(),
+        bold: vec![vec![false; 9]; rows.len()],
+        rows,
+    });
+    tables
+}
