@@ -509,8 +509,18 @@ pub fn distill(
             teacher.mixture.dim()
         )));
     }
-    if config.batch == 0 || config.val_size == 0 {
-        return Err(Error::Domain("batch and val_size must be >= 1".into()));
+    if config.batch == 0 || config.val_size == 0 || config.pool == 0 {
+        return Err(Error::Domain(
+            "batch, val_size and pool must be >= 1".into(),
+        ));
+    }
+    let width = init.config.width.max(init.config.input_width());
+    for (field, rows) in [
+        ("batch", config.batch),
+        ("val_size", config.val_size),
+        ("pool", config.pool.saturating_mul(teacher.levels.len())),
+    ] {
+        crate::limits::elements("distill config", field, rows, width)?;
     }
     if !(0.0..=1.0).contains(&config.zero_fraction) {
         return Err(Error::Domain(format!(

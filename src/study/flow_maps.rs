@@ -193,6 +193,13 @@ fn data(config: &Config, problem: &str) -> Result<Data> {
     let mixture = problems::load(problem)?;
     let schedule = schedule::parse(&config.schedule)?;
     let levels = Grid::parse(&config.levels, schedule.as_ref())?.times;
+    crate::limits::elements("flow_maps config", "samples", config.samples, mixture.dim())?;
+    crate::limits::elements(
+        "flow_maps config",
+        "heat_rows",
+        config.heat_rows.saturating_mul(levels.len()),
+        mixture.dim(),
+    )?;
     let teacher = distill::Teacher {
         mixture: &mixture,
         schedule: schedule.as_ref(),
@@ -327,7 +334,16 @@ impl FlowMaps {
                 }
                 let map = load(Some(k))?;
                 param = Some(map.param.name().to_string());
-                let times = map.levels.clone().expect("pd levels");
+                let times = map
+                    .levels
+                    .clone()
+                    .filter(|_| map.grid_only)
+                    .ok_or_else(|| {
+                        Error::Domain(format!(
+                            "{}: not a progressive-distillation student (no grid_only levels)",
+                            model_path(config, problem, method, Some(k))
+                        ))
+                    })?;
                 let x =
                     flow_map::sample(&map, d.schedule.as_ref(), &times, d.prior.view(), 0.0, 0)?;
                 frontier.push(Frontier {
@@ -470,6 +486,16 @@ impl Study for FlowMaps {
         )?;
         for m in &config.methods {
             m.parse::<distill::Method>()?;
+        }
+        if config.samples <= fm::KNN || config.heat_rows == 0 {
+            return Err(super::bad_option(
+                Self::KIND,
+                "samples",
+                format!(
+                    "need samples > {} (the kNN entropy) and heat_rows >= 1",
+                    fm::KNN
+                ),
+            ));
         }
         let mut units = Vec::new();
         for p in &config.problems {
