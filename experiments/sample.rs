@@ -490,12 +490,11 @@ fn run_flow_map(
         let n = levels.len() - 1;
         let k = spec.take("steps", n)?;
         spec.finish()?;
-        if k == 0 || !n.is_multiple_of(k) {
-            return Err(spec.error(format!(
+        flow_map::every(&levels, k).ok_or_else(|| {
+            spec.error(format!(
                 "steps must divide the map's {n} level steps, got {k}"
-            )));
-        }
-        levels.into_iter().step_by(n / k).collect()
+            ))
+        })?
     } else {
         Grid::parse(&args.grid, schedule)?.times
     };

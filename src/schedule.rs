@@ -94,6 +94,21 @@ pub struct NoiseLevel {
     pub sigma_dsigma: f64,
 }
 
+impl NoiseLevel {
+    /// A level known only by (alpha, sigma), with t and the derivatives 0: enough for the
+    /// mixture's density and denoiser.
+    pub fn of(alpha: f64, sigma: f64) -> Self {
+        NoiseLevel {
+            t: 0.0,
+            alpha,
+            sigma,
+            dalpha: 0.0,
+            dsigma: 0.0,
+            sigma_dsigma: 0.0,
+        }
+    }
+}
+
 /// ln(1 + e^x) without overflow.
 fn softplus(x: f64) -> f64 {
     if x > 0.0 {

@@ -183,6 +183,20 @@ pub struct Teacher<'a> {
 }
 
 impl Teacher<'_> {
+    /// The points at every time of `times` of the registered solver `spec` run on the exact model
+    /// from `x` at `times[0]`.
+    fn trajectory(&self, spec: &str, times: &[f64], x: &Array2<f64>) -> Result<Vec<Array2<f64>>> {
+        let grid = Grid::explicit(times.to_vec(), "levels", self.schedule)?;
+        let env = Env {
+            schedule: self.schedule,
+            mixture: Some(self.mixture),
+            noise_seed: 0,
+        };
+        let mut built = solver::build(spec, &env)?;
+        let model = Model::new(self.mixture as &dyn Oracle, self.schedule);
+        Ok(solver::trajectory(built.solver.as_mut(), &model, &grid, x.view())?.1)
+    }
+
     /// For rows `x` at level i each with its own end level k_r > i: the `solver` run along the
     /// levels from t_i, each row taken at its t_{k_r}.
     fn solve_from(
@@ -192,16 +206,8 @@ impl Teacher<'_> {
         x: Array2<f64>,
         k: &[usize],
     ) -> Result<Array2<f64>> {
-        let k_max = *k.iter().max().expect("rows");
-        let grid = Grid::explicit(self.levels[i..=k_max].to_vec(), "levels", self.schedule)?;
-        let env = Env {
-            schedule: self.schedule,
-            mixture: Some(self.mixture),
-            noise_seed: 0,
-        };
-        let mut built = solver::build(solver, &env)?;
-        let model = Model::new(self.mixture as &dyn Oracle, self.schedule);
-        let (_, states) = solver::trajectory(built.solver.as_mut(), &model, &grid, x.view())?;
+        let k_max = k.iter().copied().max().unwrap_or(i);
+        let states = self.trajectory(solver, &self.levels[i..=k_max], &x)?;
         let mut out = Array2::zeros(x.dim());
         for (r, &kr) in k.iter().enumerate() {
             out.row_mut(r).assign(&states[kr - i].row(r));
@@ -348,34 +354,31 @@ impl Distill<'_> {
 
     fn targets(&self, ema: &Mlp, n_rows: usize, seed: u64) -> Result<Targets> {
         let levels = &self.teacher.levels;
-        let n = levels.len() - 1;
         let d = self.teacher.mixture.dim();
         let schedule = self.teacher.schedule;
-        let mut rngs: Vec<RowRng> = (0..n_rows)
-            .map(|r| RowRng::new(seed, 12, r as u64))
-            .collect();
-        if let Method::Direct = self.config.method {
-            return Ok(self.pool_rows(self.pool.expect("pool"), n_rows, seed));
+        if let (Method::Direct, Some(pool)) = (self.config.method, self.pool) {
+            return Ok(self.pool_rows(pool, n_rows, seed));
         }
         let x0 = self.teacher.mixture.sample_p0(n_rows, seed);
         let z = crate::rng::standard_normal(n_rows, d, seed, 13);
-        match self.config.method {
-            Method::Cd | Method::Ctm => {
-                let mut from = Vec::new();
-                let mut mid = Vec::new();
-                let mut to = Vec::new();
-                for rng in rngs.iter_mut() {
-                    let (i, k, j) = if self.config.method == Method::Cd {
-                        let i = index(rng, 0, n - 1);
-                        (i, i + 1, n)
-                    } else {
-                        let (i, j) = pair(rng, n, self.config.zero_fraction);
-                        (i, index(rng, i + 1, j), j)
-                    };
-                    from.push(i);
-                    mid.push(k);
-                    to.push(j);
-                }
+        // The pair (i, j) of each row and, for ctm, its intermediate level u = t_k; for cd
+        // k = i + 1, for pd the middle level of the stage step.
+        let (mut from, mut mid, mut to) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..n_rows {
+            let mut rng = RowRng::new(seed, 12, r as u64);
+            let (i, j) = self.pair_of(&mut rng);
+            from.push(i);
+            to.push(j);
+            mid.push(match self.config.method {
+                Method::Ctm => index(&mut rng, i + 1, j),
+                Method::Pd => (i + j) / 2,
+                _ => i + 1,
+            });
+        }
+        let s: Vec<f64> = from.iter().map(|&i| levels[i]).collect();
+        let t: Vec<f64> = to.iter().map(|&i| levels[i]).collect();
+        match &self.stage {
+            None => {
                 let x = noised(self.teacher, &x0, &z, &from);
                 let xu = self.teacher.solve(&self.config.teacher, &x, &from, &mid)?;
                 let mut y = map_rows(&self.param, ema, schedule, levels, &xu, &mid, &to);
@@ -384,8 +387,6 @@ impl Distill<'_> {
                         y.row_mut(r).assign(&xu.row(r));
                     }
                 }
-                let s = from.iter().map(|&i| levels[i]).collect();
-                let t = to.iter().map(|&i| levels[i]).collect();
                 Ok(Targets {
                     x,
                     s,
@@ -394,32 +395,18 @@ impl Distill<'_> {
                     w: vec![1.0; n_rows],
                 })
             }
-            Method::Pd => {
-                let (grid, previous) = self.stage.as_ref().expect("stage");
-                let steps = grid.len() - 1;
-                let mut from = Vec::new();
-                let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-                for rng in rngs.iter_mut() {
-                    let i = index(rng, 0, steps - 1);
-                    let (lo, hi) = (grid[i], grid[i + 1]);
-                    from.push(lo);
-                    a.push(lo);
-                    b.push((lo + hi) / 2);
-                    c.push(hi);
-                }
+            Some((_, previous)) => {
                 let x = noised(self.teacher, &x0, &z, &from);
                 let y = match previous {
                     None => {
-                        let half = self.teacher.solve("ddim", &x, &a, &b)?;
-                        self.teacher.solve("ddim", &half, &b, &c)?
+                        let half = self.teacher.solve("ddim", &x, &from, &mid)?;
+                        self.teacher.solve("ddim", &half, &mid, &to)?
                     }
                     Some(prev) => {
-                        let half = map_rows(&self.param, prev, schedule, levels, &x, &a, &b);
-                        map_rows(&self.param, prev, schedule, levels, &half, &b, &c)
+                        let half = map_rows(&self.param, prev, schedule, levels, &x, &from, &mid);
+                        map_rows(&self.param, prev, schedule, levels, &half, &mid, &to)
                     }
                 };
-                let s: Vec<f64> = a.iter().map(|&i| levels[i]).collect();
-                let t: Vec<f64> = c.iter().map(|&i| levels[i]).collect();
                 let w = s
                     .iter()
                     .zip(&t)
@@ -432,7 +419,6 @@ impl Distill<'_> {
                     .collect();
                 Ok(Targets { x, s, t, y, w })
             }
-            Method::Direct => unreachable!(),
         }
     }
 }
@@ -475,23 +461,14 @@ pub struct Trained {
 /// The reference trajectories of the pool: `n` points x_{t_0} ~ p_{t_0} (seed_for(seed,
 /// "pool")) at every level, by the closed form for a Gaussian and DOP853 at `rtol` otherwise.
 pub fn pool(teacher: &Teacher, n: usize, rtol: f64, seed: u64) -> Result<Vec<Array2<f64>>> {
-    let levels = &teacher.levels;
-    let at = teacher.schedule.level(levels[0]);
+    let at = teacher.schedule.level(teacher.levels[0]);
     let x = teacher.mixture.sample_pt(n, &at, seed_for(seed, "pool"));
-    let grid = Grid::explicit(levels.clone(), "levels", teacher.schedule)?;
     let spec = if teacher.mixture.n_components() == 1 {
         "exact".to_string()
     } else {
         format!("reference:rtol={rtol:e},atol={rtol:e}")
     };
-    let env = Env {
-        schedule: teacher.schedule,
-        mixture: Some(teacher.mixture),
-        noise_seed: 0,
-    };
-    let mut built = solver::build(&spec, &env)?;
-    let model = Model::new(teacher.mixture as &dyn Oracle, teacher.schedule);
-    Ok(solver::trajectory(built.solver.as_mut(), &model, &grid, x.view())?.1)
+    teacher.trajectory(&spec, &teacher.levels, &x)
 }
 
 /// Trains a student of `init`'s architecture (two-time, `param`) by `config.method`;
@@ -544,52 +521,50 @@ pub fn distill(
         config.reference_rtol,
         seed_for(config.seed, "validation"),
     )?;
-    let schedule = crate::schedule::parse(&teacher.schedule.spec())?;
-    let wrap =
-        |net: Mlp, levels: Option<Vec<f64>>, steps: usize, log: Vec<LogEntry>| -> Result<Trained> {
-            let mut map = FlowNet::new(net, param, crate::schedule::parse(&schedule.spec())?)?;
-            map.anytime = config.method.anytime();
-            map.grid_only = levels.is_some();
-            map.levels = Some(levels.unwrap_or_else(|| teacher.levels.clone()));
-            Ok(Trained { map, log, steps })
-        };
+    // One stage (stride 1, no stage grid) for every method but pd, whose stages have the
+    // strides 2, 4, ..., n.
+    let strides: Vec<usize> = if config.method == Method::Pd {
+        if !n.is_power_of_two() || n < 2 {
+            return Err(Error::Domain(format!(
+                "progressive distillation halves the grid: need 2^m levels steps, got {n}"
+            )));
+        }
+        (1..=n.trailing_zeros()).map(|b| 1 << b).collect()
+    } else {
+        vec![1]
+    };
     let mut net = init;
-    if config.method != Method::Pd {
-        let objective = Distill {
-            config,
-            param,
-            teacher,
-            pool: pool_points.as_deref(),
-            val_pool: &val_pool,
-            stage: None,
-            seed: config.seed,
-        };
-        let (log, _) = fit(&mut net, &objective, &config.optim, &mut on_step)?;
-        return Ok(vec![wrap(net, None, n, log)?]);
-    }
-    if !n.is_power_of_two() || n < 2 {
-        return Err(Error::Domain(format!(
-            "progressive distillation halves the grid: need 2^m levels steps, got {n}"
-        )));
-    }
     let mut out: Vec<Trained> = Vec::new();
-    let mut stride = 2;
-    while stride <= n {
+    for stride in strides {
+        let pd = config.method == Method::Pd;
         let grid: Vec<usize> = (0..=n).step_by(stride).collect();
         let previous = out.last().map(|t| t.map.net.clone());
         let objective = Distill {
             config,
             param,
             teacher,
-            pool: None,
+            pool: pool_points.as_deref(),
             val_pool: &val_pool,
-            stage: Some((grid.clone(), previous.as_ref())),
-            seed: seed_for(config.seed, &format!("stage {stride}")),
+            stage: pd.then(|| (grid.clone(), previous.as_ref())),
+            seed: match pd {
+                true => seed_for(config.seed, &format!("stage {stride}")),
+                false => config.seed,
+            },
         };
         let (log, _) = fit(&mut net, &objective, &config.optim, &mut on_step)?;
-        let times = grid.iter().map(|&i| teacher.levels[i]).collect();
-        out.push(wrap(net.clone(), Some(times), n / stride, log)?);
-        stride *= 2;
+        let mut map = FlowNet::new(
+            net.clone(),
+            param,
+            crate::schedule::parse(&teacher.schedule.spec())?,
+        )?;
+        map.anytime = config.method.anytime();
+        map.grid_only = pd;
+        map.levels = Some(grid.iter().map(|&i| teacher.levels[i]).collect());
+        out.push(Trained {
+            map,
+            log,
+            steps: n / stride,
+        });
     }
     Ok(out)
 }

@@ -150,11 +150,14 @@ impl<'a> SolverMap<'a> {
         };
         solver::build(&self.solver, &env)
     }
+}
 
-    /// The grid of `steps` steps from s to t placed as the grid spec places its points.
-    pub fn grid_between(&self, s: f64, t: f64) -> Result<Grid> {
-        grid_between(&self.grid, self.schedule, s, t, self.steps)
-    }
+/// Every N/k-th of the levels t_0 > ... > t_N (k steps, from t_0 to t_N); `None` unless
+/// 1 <= k and k divides N.
+pub fn every(levels: &[f64], k: usize) -> Option<Vec<f64>> {
+    let n = levels.len().checked_sub(1)?;
+    (k >= 1 && k <= n && n.is_multiple_of(k))
+        .then(|| levels.iter().step_by(n / k).copied().collect())
 }
 
 /// `kind[:options]` with the end points s > t and `steps` steps filled in: `t_start`/`t_end` for
@@ -195,7 +198,7 @@ impl FlowMap for SolverMap<'_> {
             out.assign(&x);
             return Ok(());
         }
-        let grid = self.grid_between(s, t)?;
+        let grid = grid_between(&self.grid, self.schedule, s, t, self.steps)?;
         let mut built = self.build()?;
         let model = Model::new(&self.oracle, self.schedule);
         out.assign(&solver::integrate(built.solver.as_mut(), &model, &grid, x)?);

@@ -30,6 +30,16 @@ pub struct Rows {
 
 impl Rows {
     pub fn new(param: &Param, net: &Mlp, schedule: &dyn Schedule, s: &[f64], t: &[f64]) -> Self {
+        let abc: Vec<[f64; 3]> = s
+            .iter()
+            .zip(t)
+            .map(|(&s, &t)| param.coefficients(schedule, s, t))
+            .collect();
+        Rows::with(&abc, net, schedule, s, t)
+    }
+
+    /// The rows with given coefficients (A_i, B_i, C_i).
+    fn with(abc: &[[f64; 3]], net: &Mlp, schedule: &dyn Schedule, s: &[f64], t: &[f64]) -> Self {
         let mut r = Rows {
             a: Vec::with_capacity(s.len()),
             b: Vec::with_capacity(s.len()),
@@ -37,8 +47,7 @@ impl Rows {
             es: Vec::with_capacity(s.len()),
             et: Vec::with_capacity(s.len()),
         };
-        for (&s, &t) in s.iter().zip(t) {
-            let [a, b, c] = param.coefficients(schedule, s, t);
+        for ((&s, &t), &[a, b, c]) in s.iter().zip(t).zip(abc) {
             r.a.push(a);
             r.b.push(b);
             r.c.push(c);
@@ -101,7 +110,6 @@ pub fn jvp_rows(
     dt: &[f64],
 ) -> (Array2<f64>, Array2<f64>) {
     let n = x.nrows();
-    let rows = Rows::new(param, net, schedule, s, t);
     let mut coef = Vec::with_capacity(n);
     let (mut des, mut det) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let scalar_rate = |u: f64| net.config.time_input.rate(&schedule.level(u));
@@ -110,6 +118,8 @@ pub fn jvp_rows(
         des.push(scalar_rate(s[i]) * ds[i]);
         det.push(scalar_rate(t[i]) * dt[i]);
     }
+    let abc: Vec<[f64; 3]> = coef.iter().map(|c| c.map(|c| c.v)).collect();
+    let rows = Rows::with(&abc, net, schedule, s, t);
     let mut dcx = dx.to_owned();
     for (i, mut row) in dcx.outer_iter_mut().enumerate() {
         let [_, _, c] = coef[i];

@@ -149,30 +149,25 @@ pub const KNN: usize = 5;
 /// Directions of the sliced W2.
 pub const PROJECTIONS: usize = 128;
 
-/// The quality of `x` against the mixture's p_0 and its exact samples `exact` (same shape);
-/// `bandwidth` of the MMD (the median heuristic of a reference pair, fixed per problem).
+/// The quality of `x` against the mixture's p_0 and its exact samples `exact` (same shape), whose
+/// kNN entropy is `exact_entropy` (computed once per sample, [`distribution::entropy_knn`] with
+/// [`KNN`]); `bandwidth` of the MMD (the median heuristic of a reference pair, fixed per problem).
 pub fn quality(
     mixture: &GaussianMixture,
     x: ArrayView2<f64>,
     exact: ArrayView2<f64>,
+    exact_entropy: f64,
     bandwidth: f64,
     seed: u64,
 ) -> Result<Quality> {
-    let at0 = crate::schedule::NoiseLevel {
-        t: 0.0,
-        alpha: 1.0,
-        sigma: 0.0,
-        dalpha: 0.0,
-        dsigma: 0.0,
-        sigma_dsigma: 0.0,
-    };
+    let at0 = crate::schedule::NoiseLevel::of(1.0, 0.0);
     let entropy_knn = distribution::entropy_knn(x, KNN)?;
     let nll = distribution::nll(mixture, x, &at0)?;
     Ok(Quality {
         kl: nll.value - entropy_knn,
         nll,
         entropy_knn,
-        entropy_gap: entropy_knn - distribution::entropy_knn(exact, KNN)?,
+        entropy_gap: entropy_knn - exact_entropy,
         mmd2: distribution::mmd2(x, exact, bandwidth)?,
         sliced_w2: distribution::sliced_w2(x, exact, PROJECTIONS, seed)?,
         gaussian_w2: match mixture.n_components() {

@@ -347,15 +347,11 @@ impl Mlp {
     /// Forward-mode differentiation: the output F and its tangent dF along the input tangent
     /// `dh0`, by dz_l = W_l dh_{l-1}, dh_l = SiLU'(z_l) dz_l (one pass, no cache).
     pub fn forward_tangent(&self, h0: Array2<f64>, dh0: Array2<f64>) -> (Array2<f64>, Array2<f64>) {
-        let n = h0.nrows();
         let (mut h, mut dh) = (h0, dh0);
         let last = self.layers.len() - 1;
         for l in 0..=last {
-            let fan_out = self.layers[l].fan_out;
-            let mut z = Array2::zeros((n, fan_out));
-            z.assign(&self.bias(l).broadcast((n, fan_out)).expect("bias"));
-            general_mat_mul(1.0, &h, &self.weight(l).t(), 1.0, &mut z);
-            let mut dz = Array2::zeros((n, fan_out));
+            let z = self.affine(l, &h);
+            let mut dz = Array2::zeros(z.dim());
             general_mat_mul(1.0, &dh, &self.weight(l).t(), 0.0, &mut dz);
             if l == last {
                 return (z, dz);
@@ -369,21 +365,23 @@ impl Mlp {
         unreachable!()
     }
 
+    /// z = h W_l^T + b_l, layer l on the rows of `h`.
+    fn affine(&self, l: usize, h: &Array2<f64>) -> Array2<f64> {
+        let fan_out = self.layers[l].fan_out;
+        let dim = (h.nrows(), fan_out);
+        let mut z = Array2::zeros(dim);
+        z.assign(&self.bias(l).broadcast(dim).expect("bias shape"));
+        general_mat_mul(1.0, h, &self.weight(l).t(), 1.0, &mut z);
+        z
+    }
+
     /// Forward pass of one block. With `keep`, every pre-activation z_l and activation h_l is
     /// kept for back-propagation (`cache[0]` = h_0, then (z_l, h_l) pairs); the output is returned.
     pub fn forward(&self, h0: Array2<f64>, mut keep: Option<&mut Vec<Array2<f64>>>) -> Array2<f64> {
-        let n = h0.nrows();
         let mut h = h0;
         let last = self.layers.len() - 1;
         for l in 0..=last {
-            let mut z = Array2::zeros((n, self.layers[l].fan_out));
-            z.assign(
-                &self
-                    .bias(l)
-                    .broadcast((n, self.layers[l].fan_out))
-                    .expect("bias"),
-            );
-            general_mat_mul(1.0, &h, &self.weight(l).t(), 1.0, &mut z);
+            let z = self.affine(l, &h);
             if l == last {
                 if let Some(cache) = keep.as_deref_mut() {
                     cache.push(h);

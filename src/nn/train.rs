@@ -506,6 +506,6 @@ pub fn oracle_loss(
 }
 
 /// Splits n rows into fixed blocks of `rows` (never thread-dependent).
-pub fn blocks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+fn blocks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..n.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(n))
 }

@@ -177,10 +177,10 @@ impl Keyed for Point {
 struct Data {
     mixture: GaussianMixture,
     schedule: Box<dyn Schedule>,
-    levels: Vec<f64>,
     pool: Vec<Array2<f64>>,
     prior: Array2<f64>,
     exact: Array2<f64>,
+    exact_entropy: f64,
     group: Group,
 }
 
@@ -215,26 +215,28 @@ fn data(config: &Config, problem: &str) -> Result<Data> {
     let exact = mixture.sample_p0(config.samples, seed_for(seed, "exact"));
     let second = mixture.sample_p0(config.samples, seed_for(seed, "second exact"));
     let bandwidth = distribution::median_bandwidth(exact.view(), second.view())?;
+    let exact_entropy = distribution::entropy_knn(exact.view(), fm::KNN)?;
     let floor = fm::quality(
         &mixture,
         second.view(),
         exact.view(),
+        exact_entropy,
         bandwidth,
         seed_for(seed, "sliced"),
     )?;
     Ok(Data {
         group: Group {
             key: problem.into(),
-            levels: levels.clone(),
+            levels,
             floor,
             bandwidth,
         },
         mixture,
         schedule,
-        levels,
         pool,
         prior,
         exact,
+        exact_entropy,
     })
 }
 
@@ -276,8 +278,8 @@ fn coarse_triples(n: usize) -> Vec<(usize, usize, usize)> {
 }
 
 fn semigroup(map: &dyn FlowMap, d: &Data) -> Result<Semigroup> {
-    let defects =
-        fm::semigroup_defect(map, &d.levels, &d.pool, &coarse_triples(d.levels.len() - 1))?;
+    let levels = &d.group.levels;
+    let defects = fm::semigroup_defect(map, levels, &d.pool, &coarse_triples(levels.len() - 1))?;
     Ok(Semigroup {
         mean: defects.iter().map(|x| x.mean_norm).sum::<f64>() / defects.len() as f64,
         max: defects.iter().fold(0.0, |m, x| m.max(x.mean_norm)),
@@ -301,13 +303,15 @@ impl FlowMaps {
             &d.mixture,
             x.view(),
             d.exact.view(),
+            d.exact_entropy,
             d.group.bandwidth,
             seed_for(seed_for(config.seed, &d.group.key), "sliced"),
         )
     }
 
     fn learned(&self, config: &Config, d: &Data, problem: &str, method: &str) -> Result<Point> {
-        let n = d.levels.len() - 1;
+        let levels = &d.group.levels;
+        let n = levels.len() - 1;
         let m: distill::Method = method.parse()?;
         let load = |k: Option<usize>| -> Result<FlowNet> {
             let map = FlowNet::load(model_path(config, problem, method, k))?;
@@ -334,16 +338,12 @@ impl FlowMaps {
                 }
                 let map = load(Some(k))?;
                 param = Some(map.param.name().to_string());
-                let times = map
-                    .levels
-                    .clone()
-                    .filter(|_| map.grid_only)
-                    .ok_or_else(|| {
-                        Error::Domain(format!(
-                            "{}: not a progressive-distillation student (no grid_only levels)",
-                            model_path(config, problem, method, Some(k))
-                        ))
-                    })?;
+                let times = FlowMap::levels(&map).map(<[f64]>::to_vec).ok_or_else(|| {
+                    Error::Domain(format!(
+                        "{}: not a progressive-distillation student (no grid_only levels)",
+                        model_path(config, problem, method, Some(k))
+                    ))
+                })?;
                 let x =
                     flow_map::sample(&map, d.schedule.as_ref(), &times, d.prior.view(), 0.0, 0)?;
                 frontier.push(Frontier {
@@ -356,17 +356,16 @@ impl FlowMaps {
                 let stride = n / k;
                 let pairs: Vec<(usize, usize)> =
                     (0..k).map(|i| (i * stride, (i + 1) * stride)).collect();
-                heat.extend(fm::map_error(&map, &d.levels, &d.pool, &pairs)?);
+                heat.extend(fm::map_error(&map, levels, &d.pool, &pairs)?);
             }
         } else {
             let map = load(None)?;
             param = Some(map.param.name().to_string());
             let gamma = if map.anytime() { 0.0 } else { 1.0 };
             for &k in &config.calls {
-                if k > n || !n.is_multiple_of(k) {
+                let Some(times) = flow_map::every(levels, k) else {
                     continue;
-                }
-                let times: Vec<f64> = d.levels.iter().step_by(n / k).copied().collect();
+                };
                 let before = map.calls();
                 let x = flow_map::sample(
                     &map,
@@ -384,7 +383,7 @@ impl FlowMaps {
                     quality: self.quality(config, d, &x)?,
                 });
             }
-            heat = fm::map_error(&map, &d.levels, &d.pool, &fm::pairs(n, !map.anytime()))?;
+            heat = fm::map_error(&map, levels, &d.pool, &fm::pairs(n, !map.anytime()))?;
             if map.anytime() {
                 semi = Some(semigroup(&map, d)?);
             }
@@ -404,20 +403,17 @@ impl FlowMaps {
     }
 
     fn solver(&self, config: &Config, d: &Data, problem: &str, spec: &str) -> Result<Point> {
-        let n = d.levels.len() - 1;
+        let levels = &d.group.levels;
+        let n = levels.len() - 1;
         let env = Env {
             schedule: d.schedule.as_ref(),
             mixture: Some(&d.mixture),
             noise_seed: 0,
         };
-        let (t0, t_end) = (d.levels[0], d.levels[n]);
-        let grid = |steps: usize| match n.is_multiple_of(steps) {
-            true => Grid::explicit(
-                d.levels.iter().step_by(n / steps).copied().collect(),
-                "levels",
-                d.schedule.as_ref(),
-            ),
-            false => grid_between("karras", d.schedule.as_ref(), t0, t_end, steps),
+        let (t0, t_end) = (levels[0], levels[n]);
+        let grid = |steps: usize| match flow_map::every(levels, steps) {
+            Some(times) => Grid::explicit(times, "levels", d.schedule.as_ref()),
+            None => grid_between("karras", d.schedule.as_ref(), t0, t_end, steps),
         };
         let nfe = |steps: usize| -> Result<usize> {
             if steps == 0 {
@@ -452,7 +448,7 @@ impl FlowMaps {
             "karras",
             1,
         )?;
-        let heat = fm::map_error(&map, &d.levels, &d.pool, &fm::pairs(n, false))?;
+        let heat = fm::map_error(&map, levels, &d.pool, &fm::pairs(n, false))?;
         Ok(Point {
             unit: format!("{problem}|solver:{spec}"),
             problem: problem.into(),

@@ -423,14 +423,7 @@ fn density(
     yr: std::ops::Range<f64>,
     n: usize,
 ) -> Result<Array2<f64>> {
-    let at = crate::schedule::NoiseLevel {
-        t: 0.0,
-        alpha,
-        sigma,
-        dalpha: 0.0,
-        dsigma: 0.0,
-        sigma_dsigma: 0.0,
-    };
+    let at = crate::schedule::NoiseLevel::of(alpha, sigma);
     let c = |r: &std::ops::Range<f64>, i: usize| {
         r.start + (r.end - r.start) * (i as f64 + 0.5) / n as f64
     };
