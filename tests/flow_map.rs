@@ -135,7 +135,8 @@ fn jvp_matches_finite_differences() {
             ] {
                 let dxv = &dx * wx;
                 let (ds, dt) = (vec![ws; n], vec![wt; n]);
-                let (psi, dpsi) = map.jvp(x.view(), &s, &t, dxv.view(), &ds, &dt);
+                let pfode::flow_map::net::Jvp { psi, dpsi, .. } =
+                    map.jvp(x.view(), &s, &t, dxv.view(), &ds, &dt);
                 let h = 1e-6;
                 let at = |e: f64| {
                     let xs = &x + &(&dxv * e);

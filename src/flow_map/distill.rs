@@ -46,12 +46,13 @@
 //! t = 0; pd: the stage's adjacent levels). The training loss of cd and ctm chases a moving EMA
 //! target and need not fall; this one must.
 
-use super::net::{eval_rows, FlowNet, Rows};
+use super::loss::{Linear, Loss};
+use super::net::{eval_rows, FlowNet};
 use super::param::Param;
 use crate::error::{Error, Result};
 use crate::gmm::GaussianMixture;
 use crate::grid::Grid;
-use crate::nn::train::{backward, block_sum, fit, LogEntry, Objective, Optim};
+use crate::nn::train::{fit, LogEntry, Objective, Optim};
 use crate::nn::Mlp;
 use crate::oracle::Oracle;
 use crate::rng::{seed_for, RowRng};
@@ -135,8 +136,8 @@ pub struct Targets {
     pub w: Vec<f64>,
 }
 
-/// The weighted regression loss of the module doc and its gradient (back-propagated through
-/// Psi = A x + B F: dL/dF_i = 2 w_i B_i (Psi_i - y_i) / (N d)), summed over fixed blocks.
+/// The weighted regression loss of the module doc and its gradient (the map-space case of
+/// [`super::loss::regression`] with the `l2` loss).
 pub fn regression(
     param: &Param,
     net: &Mlp,
@@ -144,35 +145,16 @@ pub fn regression(
     rows: &Targets,
     want_grad: bool,
 ) -> (f64, Vec<f64>) {
-    let (n, d) = rows.x.dim();
-    let scale = 1.0 / (n * d) as f64;
-    block_sum(n, net.params.len(), want_grad, |range, grad| {
-        let x = rows.x.slice(s![range.clone(), ..]);
-        let r = Rows::new(
-            param,
-            net,
-            schedule,
-            &rows.s[range.clone()],
-            &rows.t[range.clone()],
-        );
-        let mut cache = Vec::new();
-        let f = net.forward(r.input(net, x), grad.is_some().then_some(&mut cache));
-        let mut residual = r.combine(x, &f) - rows.y.slice(s![range.clone(), ..]);
-        let w = &rows.w[range];
-        let loss: f64 = residual
-            .outer_iter()
-            .zip(w)
-            .map(|(row, &w)| w * row.iter().map(|v| v * v).sum::<f64>())
-            .sum::<f64>()
-            * scale;
-        if let Some(grad) = grad {
-            for (i, mut row) in residual.outer_iter_mut().enumerate() {
-                row *= 2.0 * scale * w[i] * r.b[i];
-            }
-            backward(net, &cache, residual, grad);
-        }
-        loss
-    })
+    let linear = Linear::map_space(
+        param,
+        schedule,
+        rows.x.clone(),
+        rows.s.clone(),
+        rows.t.clone(),
+        rows.y.clone(),
+        rows.w.clone(),
+    );
+    super::loss::regression(param, net, schedule, Loss::L2, &linear, want_grad)
 }
 
 /// The exact teacher: the mixture's oracle under the schedule, on the grid of levels.
@@ -551,7 +533,8 @@ pub fn distill(
                 false => config.seed,
             },
         };
-        let (log, _) = fit(&mut net, &objective, &config.optim, &mut on_step)?;
+        let fitted = fit(&mut net, &objective, &config.optim, &mut on_step)?.or_diverged()?;
+        let log = fitted.log;
         let mut map = FlowNet::new(
             net.clone(),
             param,

@@ -15,6 +15,7 @@
 //! consistency models).
 
 pub mod distill;
+pub mod loss;
 pub mod net;
 pub mod param;
 pub mod sample;

@@ -7,7 +7,7 @@
 //! `anytime` (`true` when trained for every pair s > t), `levels` (the comma-separated training
 //! levels, noisiest first) and `grid_only` (`true` when valid only between those levels).
 
-use super::param::Param;
+use super::param::{Dual, Param};
 use super::{check_pair, FlowMap};
 use crate::error::{Error, Result};
 use crate::nn::{weights, Mlp};
@@ -94,6 +94,84 @@ pub fn eval_rows(
     rows.combine(x, &f)
 }
 
+/// The network input of a batch along a tangent: the rows, each row's coefficients as dual
+/// numbers along (ds, dt), h_0 and its tangent dh_0 (along (dC x + C dx, de(s) ds, de(t) dt)).
+pub struct TangentInput {
+    pub rows: Rows,
+    pub coef: Vec<[Dual; 3]>,
+    pub h0: Array2<f64>,
+    pub dh0: Array2<f64>,
+}
+
+impl TangentInput {
+    pub fn new(
+        param: &Param,
+        net: &Mlp,
+        schedule: &dyn Schedule,
+        x: ArrayView2<f64>,
+        s: &[f64],
+        t: &[f64],
+        tangent: (ArrayView2<f64>, &[f64], &[f64]),
+    ) -> Self {
+        let (dx, ds, dt) = tangent;
+        let n = x.nrows();
+        let mut coef = Vec::with_capacity(n);
+        let (mut des, mut det) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let scalar_rate = |u: f64| net.config.time_input.rate(&schedule.level(u));
+        for i in 0..n {
+            coef.push(param.coefficients_along(schedule, s[i], t[i], ds[i], dt[i]));
+            des.push(scalar_rate(s[i]) * ds[i]);
+            det.push(scalar_rate(t[i]) * dt[i]);
+        }
+        let abc: Vec<[f64; 3]> = coef.iter().map(|c| c.map(|c| c.v)).collect();
+        let rows = Rows::with(&abc, net, schedule, s, t);
+        let mut dcx = dx.to_owned();
+        for (i, mut row) in dcx.outer_iter_mut().enumerate() {
+            let [_, _, c] = coef[i];
+            Zip::from(&mut row)
+                .and(x.row(i))
+                .for_each(|d, &x| *d = c.d * x + c.v * *d);
+        }
+        let dh0 = net.input_tangent(dcx.view(), &[&rows.es, &rows.et], &[&des, &det]);
+        let h0 = rows.input(net, x);
+        TangentInput {
+            rows,
+            coef,
+            h0,
+            dh0,
+        }
+    }
+
+    /// dPsi_i = dA x + A dx + dB F + B dF.
+    pub fn dpsi(
+        &self,
+        x: ArrayView2<f64>,
+        dx: ArrayView2<f64>,
+        f: &Array2<f64>,
+        df: &Array2<f64>,
+    ) -> Array2<f64> {
+        let mut dpsi = Array2::zeros(x.dim());
+        for (i, mut row) in dpsi.outer_iter_mut().enumerate() {
+            let [a, b, _] = self.coef[i];
+            Zip::from(&mut row)
+                .and(x.row(i))
+                .and(dx.row(i))
+                .and(f.row(i))
+                .and(df.row(i))
+                .for_each(|p, &x, &dx, &f, &df| *p = a.d * x + a.v * dx + b.d * f + b.v * df);
+        }
+        dpsi
+    }
+}
+
+/// Psi, its tangent dPsi along (dx, ds, dt), and the network's F and dF.
+pub struct Jvp {
+    pub psi: Array2<f64>,
+    pub dpsi: Array2<f64>,
+    pub f: Array2<f64>,
+    pub df: Array2<f64>,
+}
+
 /// Psi and its tangent dPsi along (dx, ds, dt) (forward mode, one pass):
 /// dPsi = dA x + A dx + dB F + B dF, with dF the network's tangent along
 /// (dC x + C dx, de(s) ds, de(t) dt).
@@ -108,39 +186,12 @@ pub fn jvp_rows(
     dx: ArrayView2<f64>,
     ds: &[f64],
     dt: &[f64],
-) -> (Array2<f64>, Array2<f64>) {
-    let n = x.nrows();
-    let mut coef = Vec::with_capacity(n);
-    let (mut des, mut det) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let scalar_rate = |u: f64| net.config.time_input.rate(&schedule.level(u));
-    for i in 0..n {
-        coef.push(param.coefficients_along(schedule, s[i], t[i], ds[i], dt[i]));
-        des.push(scalar_rate(s[i]) * ds[i]);
-        det.push(scalar_rate(t[i]) * dt[i]);
-    }
-    let abc: Vec<[f64; 3]> = coef.iter().map(|c| c.map(|c| c.v)).collect();
-    let rows = Rows::with(&abc, net, schedule, s, t);
-    let mut dcx = dx.to_owned();
-    for (i, mut row) in dcx.outer_iter_mut().enumerate() {
-        let [_, _, c] = coef[i];
-        Zip::from(&mut row)
-            .and(x.row(i))
-            .for_each(|d, &x| *d = c.d * x + c.v * *d);
-    }
-    let dh0 = net.input_tangent(dcx.view(), &[&rows.es, &rows.et], &[&des, &det]);
-    let (f, df) = net.forward_tangent(rows.input(net, x), dh0);
-    let psi = rows.combine(x, &f);
-    let mut dpsi = Array2::zeros(x.dim());
-    for (i, mut row) in dpsi.outer_iter_mut().enumerate() {
-        let [a, b, _] = coef[i];
-        Zip::from(&mut row)
-            .and(x.row(i))
-            .and(dx.row(i))
-            .and(f.row(i))
-            .and(df.row(i))
-            .for_each(|p, &x, &dx, &f, &df| *p = a.d * x + a.v * dx + b.d * f + b.v * df);
-    }
-    (psi, dpsi)
+) -> Jvp {
+    let input = TangentInput::new(param, net, schedule, x, s, t, (dx, ds, dt));
+    let (f, df) = net.forward_tangent(input.h0.clone(), input.dh0.clone());
+    let psi = input.rows.combine(x, &f);
+    let dpsi = input.dpsi(x, dx, &f, &df);
+    Jvp { psi, dpsi, f, df }
 }
 
 /// A learned flow map.
@@ -277,7 +328,7 @@ impl FlowNet {
         dx: ArrayView2<f64>,
         ds: &[f64],
         dt: &[f64],
-    ) -> (Array2<f64>, Array2<f64>) {
+    ) -> Jvp {
         jvp_rows(
             &self.param,
             &self.net,

@@ -20,7 +20,14 @@
 //!   an x0-prediction taken through one DDIM step, A = sigma_t/sigma_s,
 //!   B = alpha_t - alpha_s sigma_t/sigma_s, C = 1.
 //!
-//! For `consistency` and `ctm` the input is scaled by C = 1/sqrt(alpha_s^2 sigma_d^2 + sigma_s^2),
+//! - `trigflow` (sCM, Lu & Song 2024, eq. 1 and the DDIM step of Sec. 2): in the TrigFlow
+//!   coordinates tau = arctan(rho/sigma_d), x~ = cos(tau) x/alpha (so that
+//!   x~ = cos(tau) x0 + sin(tau) sigma_d z), Psi = (alpha_t / cos tau_t)
+//!   [cos(tau_s - tau_t) x~_s - sin(tau_s - tau_t) sigma_d F(x~_s / sigma_d, s, t)]: F is the
+//!   TrigFlow velocity network on any schedule, and at t = 0 this is sCM's
+//!   f = cos(tau) x~ - sin(tau) sigma_d F.
+//!
+//! For `consistency`, `ctm` and `trigflow` the input is scaled by C = 1/sqrt(alpha_s^2 sigma_d^2 + sigma_s^2),
 //! EDM's c_in of x/alpha. At s = t every form gives A = 1 and B = 0 exactly (in floating point
 //! too), so Psi_{t->t} is the identity by construction; at s = t with sigma = 0 (where rho_t/rho_s
 //! and sigma_t/sigma_s are 0/0) the identity is returned directly.
@@ -39,9 +46,10 @@ pub enum Param {
     Ctm { sigma_data: f64 },
     MeanVelocity,
     Ddim,
+    TrigFlow { sigma_data: f64 },
 }
 
-pub const NAMES: [&str; 4] = ["consistency", "ctm", "mean-velocity", "ddim"];
+pub const NAMES: [&str; 5] = ["consistency", "ctm", "mean-velocity", "ddim", "trigflow"];
 
 impl Param {
     /// `name` with `sigma_data` (used by `consistency` and `ctm`).
@@ -56,6 +64,7 @@ impl Param {
             "ctm" => Param::Ctm { sigma_data },
             "mean-velocity" => Param::MeanVelocity,
             "ddim" => Param::Ddim,
+            "trigflow" => Param::TrigFlow { sigma_data },
             _ => {
                 return Err(Error::Domain(format!(
                     "unknown parameterisation '{name}' (valid: {})",
@@ -71,12 +80,15 @@ impl Param {
             Param::Ctm { .. } => "ctm",
             Param::MeanVelocity => "mean-velocity",
             Param::Ddim => "ddim",
+            Param::TrigFlow { .. } => "trigflow",
         }
     }
 
     pub fn sigma_data(&self) -> Option<f64> {
         match *self {
-            Param::Consistency { sigma_data } | Param::Ctm { sigma_data } => Some(sigma_data),
+            Param::Consistency { sigma_data }
+            | Param::Ctm { sigma_data }
+            | Param::TrigFlow { sigma_data } => Some(sigma_data),
             _ => None,
         }
     }
@@ -128,6 +140,17 @@ impl Param {
                 let r = sigma_t / sigma_s;
                 [r, alpha_t - alpha_s * r, one]
             }
+            Param::TrigFlow { sigma_data: sd } => {
+                let tau = |rho: Dual| (rho * (1.0 / sd)).atan();
+                let gap = tau(rho_s) - tau(rho_t);
+                let scale_t =
+                    (alpha_t * alpha_t * (sd * sd) + sigma_t * sigma_t).sqrt() * (1.0 / sd);
+                let (c, mut a) = (c_in(sd), scale_t * gap.cos() * c_in(sd) * sd);
+                if s == t {
+                    a.v = 1.0;
+                }
+                [a, -(scale_t * gap.sin() * sd), c]
+            }
         }
     }
 
@@ -157,6 +180,15 @@ impl Dual {
     }
     pub fn constant(v: f64) -> Self {
         Dual { v, d: 0.0 }
+    }
+    pub fn atan(self) -> Self {
+        Dual::new(self.v.atan(), self.d / (1.0 + self.v * self.v))
+    }
+    pub fn sin(self) -> Self {
+        Dual::new(self.v.sin(), self.d * self.v.cos())
+    }
+    pub fn cos(self) -> Self {
+        Dual::new(self.v.cos(), -self.d * self.v.sin())
     }
     pub fn sqrt(self) -> Self {
         let r = self.v.sqrt();

@@ -347,20 +347,41 @@ impl Mlp {
     /// Forward-mode differentiation: the output F and its tangent dF along the input tangent
     /// `dh0`, by dz_l = W_l dh_{l-1}, dh_l = SiLU'(z_l) dz_l (one pass, no cache).
     pub fn forward_tangent(&self, h0: Array2<f64>, dh0: Array2<f64>) -> (Array2<f64>, Array2<f64>) {
+        self.forward_tangent_keep(h0, dh0, None)
+    }
+
+    /// [`Mlp::forward_tangent`], keeping (with `keep`) what
+    /// [`crate::nn::train::backward_tangent`] needs: per layer l its input h_{l-1} and tangent
+    /// dh_{l-1}, then (hidden layers) z_l and dz_l.
+    pub fn forward_tangent_keep(
+        &self,
+        h0: Array2<f64>,
+        dh0: Array2<f64>,
+        mut keep: Option<&mut Vec<Array2<f64>>>,
+    ) -> (Array2<f64>, Array2<f64>) {
         let (mut h, mut dh) = (h0, dh0);
         let last = self.layers.len() - 1;
         for l in 0..=last {
             let z = self.affine(l, &h);
             let mut dz = Array2::zeros(z.dim());
             general_mat_mul(1.0, &dh, &self.weight(l).t(), 0.0, &mut dz);
+            if let Some(cache) = keep.as_deref_mut() {
+                cache.push(h);
+                cache.push(dh);
+            }
             if l == last {
                 return (z, dz);
             }
-            ndarray::Zip::from(&mut dz)
+            let mut dhn = dz.clone();
+            ndarray::Zip::from(&mut dhn)
                 .and(&z)
                 .for_each(|d, &z| *d *= silu_prime(z));
             h = z.mapv(silu);
-            dh = dz;
+            if let Some(cache) = keep.as_deref_mut() {
+                cache.push(z);
+                cache.push(dz);
+            }
+            dh = dhn;
         }
         unreachable!()
     }
@@ -413,6 +434,12 @@ impl Mlp {
 /// SiLU(z) = z / (1 + e^-z).
 pub fn silu(z: f64) -> f64 {
     z / (1.0 + (-z).exp())
+}
+
+/// SiLU''(z) = sigmoid(z) (1 - sigmoid(z)) (2 + z (1 - 2 sigmoid(z))).
+pub fn silu_second(z: f64) -> f64 {
+    let sig = 1.0 / (1.0 + (-z).exp());
+    sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig))
 }
 
 /// SiLU'(z) = sigmoid(z) (1 + z (1 - sigmoid(z))).

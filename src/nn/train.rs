@@ -23,10 +23,13 @@
 //! `seed_for(seed, "step k")`; the validation set (fixed, `val_size` rows) from
 //! `seed_for(seed, "validation")`.
 //!
-//! A run stops with an error, and writes nothing, when the batch loss is not finite or grows past
-//! [`DIVERGED`] = 10^3 times the loss of step 0 (a learning rate far too large).
+//! A run has diverged when its batch loss or gradient is not finite, the batch loss grows past
+//! [`DIVERGED`] = 10^3 times the loss of step 0, or the validation loss is not finite or grows
+//! past 10^3 times its first value. [`fit`] stops there and says so in [`Fitted::diverged`] (the
+//! log ends at that step); [`Fitted::or_diverged`] turns it into an error, so a command that
+//! trains one model writes nothing (the usual remedy is a lower learning rate).
 
-use super::{silu_prime, Mlp};
+use super::{silu_prime, silu_second, Mlp};
 use crate::error::{Error, Result};
 use crate::gmm::GaussianMixture;
 use crate::oracle::Oracle;
@@ -205,6 +208,54 @@ pub fn backward(net: &Mlp, cache: &[Array2<f64>], dy: Array2<f64>, grad: &mut [f
     }
 }
 
+/// Reverse mode through [`Mlp::forward_tangent_keep`]: given dL/dF (`dy`) and dL/d(dF)
+/// (`ddy`), adds dL/dtheta into `grad`. With z_l = W h + b, dz_l = W dh, h_l = SiLU(z_l),
+/// dh_l = SiLU'(z_l) dz_l, the adjoints run
+/// z-bar_l = SiLU'(z_l) h-bar_l + SiLU''(z_l) dz_l dh-bar_l, dz-bar_l = SiLU'(z_l) dh-bar_l,
+/// W-bar_l += z-bar_l^T h_{l-1} + dz-bar_l^T dh_{l-1}.
+pub fn backward_tangent(
+    net: &Mlp,
+    cache: &[Array2<f64>],
+    dy: Array2<f64>,
+    ddy: Array2<f64>,
+    grad: &mut [f64],
+) {
+    let last = net.layers.len() - 1;
+    let (mut a, mut ad) = (dy, ddy);
+    for l in (0..=last).rev() {
+        let layer = net.layers[l];
+        let (h, dh) = (&cache[4 * l], &cache[4 * l + 1]);
+        let mut dw =
+            ArrayViewMut2::from_shape((layer.fan_out, layer.fan_in), &mut grad[layer.w..layer.b])
+                .expect("layer shape");
+        general_mat_mul(1.0, &a.t(), h, 1.0, &mut dw);
+        general_mat_mul(1.0, &ad.t(), dh, 1.0, &mut dw);
+        let db = a.sum_axis(Axis(0));
+        Zip::from(&mut grad[layer.b..layer.b + layer.fan_out])
+            .and(&db)
+            .for_each(|g, &d| *g += d);
+        if l == 0 {
+            break;
+        }
+        let mut ah = Array2::zeros((a.nrows(), layer.fan_in));
+        general_mat_mul(1.0, &a, &net.weight(l), 0.0, &mut ah);
+        let mut adh = Array2::zeros((a.nrows(), layer.fan_in));
+        general_mat_mul(1.0, &ad, &net.weight(l), 0.0, &mut adh);
+        let (z, dz) = (&cache[4 * l - 2], &cache[4 * l - 1]);
+        Zip::from(&mut ah)
+            .and(&mut adh)
+            .and(z)
+            .and(dz)
+            .for_each(|ah, adh, &z, &dz| {
+                let p = silu_prime(z);
+                *ah = p * *ah + silu_second(z) * dz * *adh;
+                *adh *= p;
+            });
+        a = ah;
+        ad = adh;
+    }
+}
+
 /// The mean loss over a batch and (with `want_grad`) its gradient, block-summed in order.
 pub fn loss_and_grad(
     net: &Mlp,
@@ -254,6 +305,12 @@ pub struct LogEntry {
     /// Loss on the fixed validation set.
     pub val_loss: f64,
     pub lr: f64,
+    /// Mean L2 norm of the gradient over the steps since the previous entry.
+    pub grad_norm: f64,
+    /// Mean RMS of the objective's JVP (the tangent dF) over those steps, for the methods with
+    /// one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jvp_norm: Option<f64>,
 }
 
 /// Adam's moment estimates.
@@ -361,33 +418,66 @@ pub trait Objective: Sync {
     fn batch(&self, net: &Mlp, ema: &Mlp, k: usize, want_grad: bool) -> Result<(f64, Vec<f64>)>;
     /// The loss on the run's fixed validation set.
     fn validation(&self, net: &Mlp, ema: &Mlp) -> Result<f64>;
+    /// The RMS of the JVP of the last batch, for objectives that take one.
+    fn jvp_norm(&self) -> Option<f64> {
+        None
+    }
 }
 
-/// Training stops with an error when the batch loss is not finite or exceeds this many times
-/// the loss of the first step.
+/// A run has diverged when its batch loss, gradient or validation loss is not finite, or when
+/// the batch loss (validation loss) exceeds this many times that of the first step (first log).
 pub const DIVERGED: f64 = 1e3;
 
+/// The outcome of [`fit`].
+pub struct Fitted {
+    pub log: Vec<LogEntry>,
+    /// The EMA copy (a clone of the result without EMA).
+    pub ema: Mlp,
+    /// Why and where the run stopped early, if it diverged (the log ends there).
+    pub diverged: Option<String>,
+}
+
+impl Fitted {
+    /// The run, or its divergence as an error.
+    pub fn or_diverged(self) -> Result<Self> {
+        match &self.diverged {
+            Some(why) => Err(Error::Domain(format!(
+                "training diverged: {why} (lower --lr)"
+            ))),
+            None => Ok(self),
+        }
+    }
+}
+
 /// Minimises `objective` over `net.params` in place; `on_step` is called after every step (for a
-/// progress bar). Returns the loss log and the EMA copy (a clone of the result without EMA).
+/// progress bar). A run that diverges (see [`DIVERGED`]) stops there and says so.
 pub fn fit(
     net: &mut Mlp,
     objective: &dyn Objective,
     optim: &Optim,
     mut on_step: impl FnMut(usize),
-) -> Result<(Vec<LogEntry>, Mlp)> {
+) -> Result<Fitted> {
     optim.validate()?;
     let mut ema = net.clone();
     let mut adam = Adam::new(net.params.len());
     let mut log = Vec::new();
-    let mut window = 0.0;
+    let (mut window, mut grad_window, mut jvp_window) = (0.0, 0.0, None::<f64>);
     let mut first_loss: Option<f64> = None;
+    let mut first_val: Option<f64> = None;
+    let stop = |log: Vec<LogEntry>, ema: Mlp, why: String| Fitted {
+        log,
+        ema,
+        diverged: Some(why),
+    };
     for k in 0..optim.steps {
         let (loss, grad) = objective.batch(net, &ema, k, true)?;
+        let grad_norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
         let initial = *first_loss.get_or_insert(loss);
-        if !loss.is_finite() || loss > DIVERGED * initial {
-            return Err(Error::Domain(format!(
-                "training diverged: the loss is {loss:.4e} at step {k}, against {initial:.4e} at step 0 (the limit is {DIVERGED:e} times that; lower --lr)"
-            )));
+        if !loss.is_finite() || loss > DIVERGED * initial || !grad_norm.is_finite() {
+            let why = format!(
+                "the loss is {loss:.4e} (gradient norm {grad_norm:.3e}) at step {k}, against {initial:.4e} at step 0 (the limit is {DIVERGED:e} times that)"
+            );
+            return Ok(stop(log, ema, why));
         }
         let lr = optim.learning_rate(k);
         adam.step(&mut net.params, &grad, lr);
@@ -401,19 +491,38 @@ pub fn fit(
             ema.params.copy_from_slice(&net.params);
         }
         window += loss;
+        grad_window += grad_norm;
+        if let Some(j) = objective.jvp_norm() {
+            *jvp_window.get_or_insert(0.0) += j;
+        }
         if (k + 1) % optim.log_every == 0 || k + 1 == optim.steps {
             let n = (k % optim.log_every + 1) as f64;
+            let val_loss = objective.validation(net, &ema)?;
             log.push(LogEntry {
                 step: k + 1,
                 loss: window / n,
-                val_loss: objective.validation(net, &ema)?,
+                val_loss,
                 lr,
+                grad_norm: grad_window / n,
+                jvp_norm: jvp_window.map(|j| j / n),
             });
-            window = 0.0;
+            (window, grad_window, jvp_window) = (0.0, 0.0, None);
+            let first = *first_val.get_or_insert(val_loss);
+            if !val_loss.is_finite() || val_loss > DIVERGED * first {
+                let why = format!(
+                    "the validation loss is {val_loss:.4e} at step {}, against {first:.4e} at the first log",
+                    k + 1
+                );
+                return Ok(stop(log, ema, why));
+            }
         }
         on_step(k);
     }
-    Ok((log, ema))
+    Ok(Fitted {
+        log,
+        ema,
+        diverged: None,
+    })
 }
 
 /// The denoising loss of the module doc as an [`Objective`].
@@ -480,7 +589,9 @@ pub fn train(
         config,
         val: validation(mixture, schedule, config),
     };
-    Ok(fit(net, &objective, &Optim::from(config), on_step)?.0)
+    Ok(fit(net, &objective, &Optim::from(config), on_step)?
+        .or_diverged()?
+        .log)
 }
 
 /// The loss any oracle (e.g. the exact mixture: the Bayes-optimal value, the floor of the
