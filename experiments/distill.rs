@@ -4,6 +4,7 @@
 
 use clap::Parser;
 use pfode::flow_map::distill::{self, DistillConfig, Method, Teacher};
+use pfode::flow_map::free::data_scale;
 use pfode::flow_map::param::Param;
 use pfode::grid::Grid;
 use pfode::io::Outputs;
@@ -18,7 +19,11 @@ use std::time::Instant;
 const AFTER: &str = "\
 Methods (pfode::flow_map::distill): direct (regression onto the exact map, the yardstick), cd
 (consistency distillation), ctm (consistency trajectory models), pd (progressive distillation:
-one student per halving of the grid). The teacher is the exact mixture, so teacher error is zero.
+one student per halving of the grid); the teacher is the exact mixture, so teacher error is zero.
+Teacher-free (pfode::flow_map::free, from data alone): ct (improved consistency training), scm
+(continuous-time consistency, TrigFlow), meanflow, shortcut, lsd, esd and psd (flow-map
+self-distillation). A teacher-free method takes options, e.g. meanflow:diagonal=0.5,pairs=uniform
+or ct:curriculum=sqrt,n=uniform,weight=one,loss=l2 (see the module docs for each).
 
 Writes --out (safetensors, F64: the two-time MLP with flow_map, sigma_data, schedule, anytime,
 levels, problem, method and provenance in the metadata; for pd, --out must contain {steps}, and
@@ -34,10 +39,11 @@ struct Args {
     problem: String,
     #[arg(long, default_value = "vp-linear")]
     schedule: String,
-    /// direct, cd, ctm or pd.
+    /// A method spec: direct, cd, ctm, pd, ct, scm, meanflow, shortcut, lsd, esd or psd, with
+    /// options for the teacher-free ones (name:key=value,...).
     #[arg(long)]
     method: String,
-    /// consistency, ctm, mean-velocity or ddim (default: the method's own).
+    /// consistency, ctm, mean-velocity, ddim or trigflow (default: the method's own).
     #[arg(long)]
     param: Option<String>,
     /// The data scale of the consistency and CTM parameterisations (default: the problem's
@@ -68,7 +74,8 @@ struct Args {
     lr_final: f64,
     #[arg(long, default_value_t = 100)]
     warmup: usize,
-    /// The EMA decay of the target network (default 0.95 for cd and ctm, none otherwise).
+    /// The EMA decay of the target network (default 0.95 for cd and ctm, 0.999 for shortcut,
+    /// none otherwise).
     #[arg(long)]
     ema: Option<f64>,
     #[arg(long, default_value_t = 0.5)]
@@ -92,29 +99,14 @@ struct Args {
     log: Option<PathBuf>,
 }
 
-/// sqrt(tr Cov(p_0) / d) of a mixture: sum_k w_k (|mu_k - mu|^2 + tr Sigma_k) / d.
-fn data_scale(mixture: &pfode::GaussianMixture) -> f64 {
-    let d = mixture.dim();
-    let w = mixture.weights();
-    let mean = (0..w.len()).fold(pfode::ndarray::Array1::<f64>::zeros(d), |m, k| {
-        m + &mixture.mean(k) * w[k]
-    });
-    let total: f64 = (0..w.len())
-        .map(|k| {
-            let c = mixture.component(k);
-            w[k] * ((&c.mean - &mean).mapv(|v| v * v).sum() + c.l.sum())
-        })
-        .sum();
-    (total / d as f64).sqrt()
-}
-
 fn run(args: Args) -> Result<()> {
     let option =
         |field: &str, e: Error| Error::invalid("command line", Some(field.into()), e.to_string());
-    let method: Method = args.method.parse().map_err(|e| option("--method", e))?;
-    let param_name = args.param.as_deref().unwrap_or(method.default_param());
     let mixture = problems::load(&args.problem)?;
     let sigma_data = args.sigma_data.unwrap_or_else(|| data_scale(&mixture));
+    let (method, options) = distill::parse_method(&args.method, sigma_data, mixture.dim())
+        .map_err(|e| option("--method", e))?;
+    let param_name = args.param.as_deref().unwrap_or(method.default_param());
     let param = Param::parse(param_name, sigma_data).map_err(|e| option("--param", e))?;
     let out_text = args.out.display().to_string();
     if (method == Method::Pd) != out_text.contains("{steps}") {
@@ -173,13 +165,7 @@ fn run(args: Args) -> Result<()> {
             lr_final: args.lr_final,
             warmup: args.warmup.min(args.steps),
             log_every: args.log_every,
-            ema: args
-                .ema
-                .unwrap_or(if matches!(method, Method::Cd | Method::Ctm) {
-                    0.95
-                } else {
-                    0.0
-                }),
+            ema: args.ema.unwrap_or(method.default_ema()),
         },
         zero_fraction: args.zero_fraction,
         teacher: args.teacher.clone(),
@@ -187,6 +173,8 @@ fn run(args: Args) -> Result<()> {
         reference_rtol: args.reference_rtol,
         val_size: args.val_size,
         seed: args.seed,
+        options,
+        sigma_data,
     };
     let provenance = Provenance::now(args.seed);
     let teacher = Teacher {
@@ -232,6 +220,7 @@ fn run(args: Args) -> Result<()> {
         "problem": args.problem,
         "schedule": schedule.spec(),
         "method": method.name(),
+        "method_spec": args.method,
         "param": param.name(),
         "sigma_data": param.sigma_data(),
         "network": weights::config_metadata(&config),

@@ -46,6 +46,7 @@
 //! t = 0; pd: the stage's adjacent levels). The training loss of cd and ctm chases a moving EMA
 //! target and need not fall; this one must.
 
+use super::free::{Context, Options};
 use super::loss::{Linear, Loss};
 use super::net::{eval_rows, FlowNet};
 use super::param::Param;
@@ -58,9 +59,11 @@ use crate::oracle::Oracle;
 use crate::rng::{seed_for, RowRng};
 use crate::schedule::Schedule;
 use crate::solver::{self, Env, Model};
+use crate::spec::Spec;
 use ndarray::{s, Array2, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,25 +72,43 @@ pub enum Method {
     Cd,
     Ctm,
     Pd,
+    Ct,
+    Scm,
+    MeanFlow,
+    Shortcut,
+    Lsd,
+    Esd,
+    Psd,
 }
 
-pub const METHODS: [&str; 4] = ["direct", "cd", "ctm", "pd"];
+/// The distillation methods, then the teacher-free ones of [`super::free`].
+pub const METHODS: [&str; 11] = [
+    "direct", "cd", "ctm", "pd", "ct", "scm", "meanflow", "shortcut", "lsd", "esd", "psd",
+];
 
 impl std::str::FromStr for Method {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "direct" => Method::Direct,
-            "cd" => Method::Cd,
-            "ctm" => Method::Ctm,
-            "pd" => Method::Pd,
-            _ => {
-                return Err(Error::Domain(format!(
-                    "unknown distillation method '{s}' (valid: {})",
-                    METHODS.join(", ")
-                )))
-            }
-        })
+        const ALL: [Method; 11] = [
+            Method::Direct,
+            Method::Cd,
+            Method::Ctm,
+            Method::Pd,
+            Method::Ct,
+            Method::Scm,
+            Method::MeanFlow,
+            Method::Shortcut,
+            Method::Lsd,
+            Method::Esd,
+            Method::Psd,
+        ];
+        match METHODS.iter().position(|&m| m == s) {
+            Some(i) => Ok(ALL[i]),
+            None => Err(Error::Domain(format!(
+                "unknown flow-map method '{s}' (valid: {})",
+                METHODS.join(", ")
+            ))),
+        }
     }
 }
 
@@ -102,12 +123,41 @@ impl Method {
             Method::Cd => "consistency",
             Method::Ctm => "ctm",
             Method::Pd => "ddim",
+            Method::Ct => "consistency",
+            Method::Scm => "trigflow",
+            _ => "mean-velocity",
         }
     }
     /// Whether the map is trained for every pair of levels.
     pub fn anytime(self) -> bool {
-        matches!(self, Method::Direct | Method::Ctm)
+        !matches!(self, Method::Cd | Method::Pd | Method::Ct | Method::Scm)
     }
+    /// Whether the method learns from data alone ([`super::free`]).
+    pub fn teacher_free(self) -> bool {
+        self as usize >= Method::Ct as usize
+    }
+    /// The target EMA decay a method uses unless told otherwise: 0.95 for cd and ctm (Song et al.
+    /// 2023), 0.999 for shortcut's bootstrap target (the official code), none otherwise.
+    pub fn default_ema(self) -> f64 {
+        match self {
+            Method::Cd | Method::Ctm => 0.95,
+            Method::Shortcut => 0.999,
+            _ => 0.0,
+        }
+    }
+}
+
+/// A method spec `name[:key=value,...]`: the method and, for a teacher-free one, its options
+/// (defaults at data scale `sigma_data` and dimension `d`, see [`super::free`]).
+pub fn parse_method(text: &str, sigma_data: f64, d: usize) -> Result<(Method, Option<Options>)> {
+    let mut spec = Spec::parse("method", text)?;
+    let method: Method = spec.name.parse()?;
+    let options = match method.teacher_free() {
+        true => Some(Options::take(method.name(), &mut spec, sigma_data, d)?),
+        false => None,
+    };
+    spec.finish()?;
+    Ok((method, options))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +175,10 @@ pub struct DistillConfig {
     pub reference_rtol: f64,
     pub val_size: usize,
     pub seed: u64,
+    /// The options of a teacher-free method.
+    pub options: Option<Options>,
+    /// The data scale sigma_d (teacher-free methods).
+    pub sigma_data: f64,
 }
 
 /// The rows of one regression batch.
@@ -293,6 +347,8 @@ struct Distill<'a> {
     /// pd: the stage's grid (indices into the levels, every 2^b-th) and the previous student.
     stage: Option<(Vec<usize>, Option<&'a Mlp>)>,
     seed: u64,
+    /// The RMS of the last batch's JVP (teacher-free methods that take one).
+    jvp: Mutex<Option<f64>>,
 }
 
 impl Distill<'_> {
@@ -300,7 +356,7 @@ impl Distill<'_> {
     fn pair_of(&self, rng: &mut RowRng) -> (usize, usize) {
         let n = self.teacher.levels.len() - 1;
         match (&self.config.method, &self.stage) {
-            (Method::Cd, _) => (index(rng, 0, n - 1), n),
+            (Method::Cd | Method::Ct | Method::Scm, _) => (index(rng, 0, n - 1), n),
             (Method::Pd, Some((grid, _))) => {
                 let i = index(rng, 0, grid.len() - 2);
                 (grid[i], grid[i + 1])
@@ -407,11 +463,30 @@ impl Distill<'_> {
 
 impl Objective for Distill<'_> {
     fn batch(&self, net: &Mlp, ema: &Mlp, k: usize, want_grad: bool) -> Result<(f64, Vec<f64>)> {
-        let rows = self.targets(
-            ema,
-            self.config.batch,
-            seed_for(self.seed, &format!("step {k}")),
-        )?;
+        let seed = seed_for(self.seed, &format!("step {k}"));
+        if let Some(options) = &self.config.options {
+            let context = Context {
+                options,
+                param: self.param,
+                mixture: self.teacher.mixture,
+                schedule: self.teacher.schedule,
+                levels: &self.teacher.levels,
+                sigma_data: self.config.sigma_data,
+                k,
+                steps: self.config.optim.steps,
+            };
+            let batch = context.batch(net, ema, self.config.batch, seed)?;
+            *self.jvp.lock().expect("jvp") = batch.jvp_rms;
+            return Ok(super::loss::regression(
+                &self.param,
+                net,
+                self.teacher.schedule,
+                batch.loss,
+                &batch.rows,
+                want_grad,
+            ));
+        }
+        let rows = self.targets(ema, self.config.batch, seed)?;
         Ok(regression(
             &self.param,
             net,
@@ -429,6 +504,9 @@ impl Objective for Distill<'_> {
             seed_for(self.seed, "validation"),
         );
         Ok(regression(&self.param, net, self.teacher.schedule, &rows, false).0)
+    }
+    fn jvp_norm(&self) -> Option<f64> {
+        *self.jvp.lock().expect("jvp")
     }
 }
 
@@ -487,6 +565,16 @@ pub fn distill(
             config.zero_fraction
         )));
     }
+    match (&config.options, config.method.teacher_free()) {
+        (Some(options), true) => options.check_param(config.method.name(), &param)?,
+        (None, false) => {}
+        _ => {
+            return Err(Error::Domain(format!(
+                "method {}: options are given exactly for the teacher-free methods",
+                config.method.name()
+            )))
+        }
+    }
     let n = teacher.levels.len() - 1;
     let pool_points = match config.method {
         Method::Direct => Some(pool(
@@ -532,6 +620,7 @@ pub fn distill(
                 true => seed_for(config.seed, &format!("stage {stride}")),
                 false => config.seed,
             },
+            jvp: Mutex::new(None),
         };
         let fitted = fit(&mut net, &objective, &config.optim, &mut on_step)?.or_diverged()?;
         let log = fitted.log;

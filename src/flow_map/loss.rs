@@ -192,6 +192,15 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Makes row i the network-space row r_i = F_i - y (flow matching on the diagonal).
+    pub fn set_net_row(&mut self, i: usize, y: ArrayView1<f64>) {
+        self.p[i] = 1.0;
+        self.q[i] = 0.0;
+        self.c.row_mut(i).assign(&y.mapv(|v| -v));
+    }
+}
+
 /// The loss of the module doc over `rows` and (with `want_grad`) its gradient in
 /// `net.params`, summed over fixed blocks (bit-identical at any thread count).
 pub fn regression(

@@ -15,6 +15,7 @@
 //! consistency models).
 
 pub mod distill;
+pub mod free;
 pub mod loss;
 pub mod net;
 pub mod param;
