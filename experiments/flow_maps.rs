@@ -9,9 +9,10 @@ use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
 Defaults (the committed study): --problems gauss4,ring2d,aniso16 --schedule vp-linear
---levels karras:steps=16,zero=true --models results/models/flow_maps --methods direct,cd,ctm,pd
+--levels karras:steps=16,zero=true --models results/models/flow_maps --methods direct,cd,ctm,pd,ct,scm,meanflow,shortcut,lsd,esd,psd
 --solvers dpm-solver++,unipc,heun,ddim --calls 1,2,4,8 --samples 4000 --heat-rows 500 --seed 1.
-The models are made by `distill` (the commands are in the README).
+The models are made by `distill` (the commands are in the README); a method may carry a variant
+label, method-variant, naming the model {problem}_method-variant.safetensors (ablations).
 
 Writes one JSON document (kind \"flow_maps\"): per problem the levels and the sampling floor of
 every quality number; per map the few-step frontier (NLL, entropy gap, MMD^2, sliced W2, the

@@ -1,5 +1,5 @@
-//! The `flow_maps` study: distilled few-step flow maps ([`crate::flow_map::distill`], the
-//! models committed under `models`) measured against the exact map and against solvers, per
+//! The `flow_maps` study: distilled and teacher-free few-step flow maps
+//! ([`crate::flow_map::distill`], [`crate::flow_map::free`]; the models committed under `models`) measured against the exact map and against solvers, per
 //! problem, on the vp-linear schedule and the distillation levels t_0 > ... > t_N
 //! (`karras:steps=16,zero=true`: EDM's rho = 7 placement from sigma/alpha = 80, then sigma = 0).
 //!
@@ -47,7 +47,8 @@ pub struct Config {
     pub schedule: String,
     pub levels: String,
     /// The directory of `{problem}_{method}.safetensors` (pd: `{problem}_pd_{k}.safetensors`)
-    /// with the `distill` logs `{problem}_{method}.json`.
+    /// with the `distill` logs `{problem}_{method}.json`; a method may carry a variant label,
+    /// `method-variant` (ablations).
     pub models: String,
     pub methods: Vec<String>,
     pub solvers: Vec<String>,
@@ -67,7 +68,10 @@ impl Config {
             schedule: "vp-linear".into(),
             levels: "karras:steps=16,zero=true".into(),
             models: "results/models/flow_maps".into(),
-            methods: v(&["direct", "cd", "ctm", "pd"]),
+            methods: v(&[
+                "direct", "cd", "ctm", "pd", "ct", "scm", "meanflow", "shortcut", "lsd", "esd",
+                "psd",
+            ]),
             solvers: v(&["dpm-solver++", "unipc", "heun", "ddim"]),
             calls: vec![1, 2, 4, 8],
             samples: 4000,
@@ -269,6 +273,12 @@ fn training(config: &Config, problem: &str, method: &str) -> Result<Training> {
     })
 }
 
+/// The method of a model label `method[-variant]` (e.g. `meanflow-uniform`, an ablation's
+/// model `{problem}_meanflow-uniform.safetensors`).
+fn method_of(label: &str) -> Result<distill::Method> {
+    label.split('-').next().unwrap_or(label).parse()
+}
+
 /// Every other level's triples (i < m < j), as indices into the levels.
 fn coarse_triples(n: usize) -> Vec<(usize, usize, usize)> {
     fm::triples(n / 2)
@@ -312,7 +322,7 @@ impl FlowMaps {
     fn learned(&self, config: &Config, d: &Data, problem: &str, method: &str) -> Result<Point> {
         let levels = &d.group.levels;
         let n = levels.len() - 1;
-        let m: distill::Method = method.parse()?;
+        let m = method_of(method)?;
         let load = |k: Option<usize>| -> Result<FlowNet> {
             let map = FlowNet::load(model_path(config, problem, method, k))?;
             if map.schedule.spec() != d.schedule.spec() || map.dim() != d.mixture.dim() {
@@ -481,7 +491,7 @@ impl Study for FlowMaps {
             ],
         )?;
         for m in &config.methods {
-            m.parse::<distill::Method>()?;
+            method_of(m)?;
         }
         if config.samples <= fm::KNN || config.heat_rows == 0 {
             return Err(super::bad_option(

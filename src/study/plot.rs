@@ -965,6 +965,26 @@ pub fn train_log(log: &serde_json::Value, source: &Path, dir: &Path) -> Result<V
             &series,
         )?;
     });
+    // The instability users report: the gradient norm and (methods with a JVP) the JVP's RMS.
+    let norms: Vec<Series> = [("gradient norm", "grad_norm"), ("JVP RMS", "jvp_norm")]
+        .into_iter()
+        .filter_map(|(label, key)| {
+            let s = series_of(key).ok()?;
+            (!s.is_empty()).then(|| (label.to_string(), s, false))
+        })
+        .collect();
+    if !norms.is_empty() && log["method"].is_string() {
+        let stem = PathBuf::from(format!("{}_norms", stem.display()));
+        render!(&stem, (720, 480 + 18), out, |root| {
+            let main = footer(&root, &provenance)?;
+            series_panel(
+                &main,
+                &format!("{problem}: {what} gradient norm and JVP RMS (window means)"),
+                ("step", "norm"),
+                &norms,
+            )?;
+        });
+    }
     Ok(out)
 }
 
