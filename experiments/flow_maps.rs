@@ -9,7 +9,7 @@ use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
 Defaults (the committed study): --problems gauss4,ring2d,aniso16 --schedule vp-linear
---levels karras:steps=16,zero=true --models results/models/flow_maps --methods direct,cd,ctm,pd
+--levels karras:steps=16,zero=true --models results/models/flow_maps --methods direct,cd,ctm,pd,ct,scm,meanflow,shortcut,lsd,esd,psd
 --solvers dpm-solver++,unipc,heun,ddim --calls 1,2,4,8 --samples 4000 --heat-rows 500 --seed 1.
 The models are made by `distill` (the commands are in the README); a method may carry a variant
 label, method-variant, naming the model {problem}_method-variant.safetensors (ablations).

@@ -68,9 +68,10 @@ impl Config {
             schedule: "vp-linear".into(),
             levels: "karras:steps=16,zero=true".into(),
             models: "results/models/flow_maps".into(),
-            // The teacher-free models are committed; the study is not yet rerun with them
-            // (`--methods direct,cd,ctm,pd,ct,scm,meanflow,shortcut,lsd,esd,psd`).
-            methods: v(&["direct", "cd", "ctm", "pd"]),
+            methods: v(&[
+                "direct", "cd", "ctm", "pd", "ct", "scm", "meanflow", "shortcut", "lsd", "esd",
+                "psd",
+            ]),
             solvers: v(&["dpm-solver++", "unipc", "heun", "ddim"]),
             calls: vec![1, 2, 4, 8],
             samples: 4000,
