@@ -120,4 +120,20 @@ fn flow_maps_results_match_the_code() {
     same_config(&doc, &fmaps::Config::main());
     recompute(&FlowMaps::default(), &doc, "ring2d|ctm");
     recompute(&FlowMaps::default(), &doc, "gauss4|solver:ddim");
+    for p in &doc.points {
+        for f in &p.frontier {
+            let want = (p.problem == "ring2d" && f.calls <= 2).then_some(fmaps::PANEL);
+            assert_eq!(
+                f.panel.as_ref().map(Vec::len),
+                want,
+                "{} at {}",
+                p.unit,
+                f.calls
+            );
+        }
+    }
+    for g in &doc.groups {
+        let want = (g.key == "ring2d").then_some(fmaps::PANEL);
+        assert_eq!(g.panel.as_ref().map(Vec::len), want, "{}", g.key);
+    }
 }

@@ -23,6 +23,9 @@
 //! - the semigroup defect against the map's own composition on the triples of every other level
 //!   (anytime maps and one-step solver maps; cd and pd have no two-leg composition);
 //! - training cost from the model's log: wall time (and its CPU), optimizer steps, samples seen.
+//!
+//! On a two-dimensional problem the first [`PANEL`] samples at 1 and 2 calls (and of the exact
+//! draws) are kept for the sample panels.
 
 use super::{GroupCache, Keyed, Study, Unit};
 use crate::error::{Error, Result};
@@ -89,6 +92,18 @@ pub struct Group {
     /// The quality measure of a second exact sample: the sampling error of every quality number.
     pub floor: Quality,
     pub bandwidth: f64,
+    /// The first [`PANEL`] exact draws of p_0 of a two-dimensional problem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panel: Option<Vec<[f64; 2]>>,
+}
+
+/// Samples kept per sample panel.
+pub const PANEL: usize = 400;
+
+/// The first [`PANEL`] rows of `x` when it is two-dimensional and `calls` <= 2.
+fn panel(x: &Array2<f64>, calls: usize) -> Option<Vec<[f64; 2]>> {
+    (x.ncols() == 2 && calls <= 2)
+        .then(|| x.outer_iter().take(PANEL).map(|r| [r[0], r[1]]).collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +115,10 @@ pub struct Frontier {
     pub steps: usize,
     pub gamma: Option<f64>,
     pub quality: Quality,
+    /// The first [`PANEL`] samples, for a two-dimensional problem at 1 and 2 calls (the
+    /// sample panels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panel: Option<Vec<[f64; 2]>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +253,7 @@ fn data(config: &Config, problem: &str) -> Result<Data> {
             levels,
             floor,
             bandwidth,
+            panel: panel(&exact, 0),
         },
         mixture,
         schedule,
@@ -362,6 +382,7 @@ impl FlowMaps {
                     steps: k,
                     gamma: Some(0.0),
                     quality: self.quality(config, d, &x)?,
+                    panel: panel(&x, k),
                 });
                 let stride = n / k;
                 let pairs: Vec<(usize, usize)> =
@@ -391,6 +412,7 @@ impl FlowMaps {
                     steps: k,
                     gamma: Some(gamma),
                     quality: self.quality(config, d, &x)?,
+                    panel: panel(&x, k),
                 });
             }
             heat = fm::map_error(&map, levels, &d.pool, &fm::pairs(n, !map.anytime()))?;
@@ -448,6 +470,7 @@ impl FlowMaps {
                 steps,
                 gamma: None,
                 quality: self.quality(config, d, &x)?,
+                panel: panel(&x, target),
             });
         }
         let map = SolverMap::new(

@@ -1372,7 +1372,8 @@ fn gradient(u: f64) -> RGBColor {
 /// The `flow_maps` study: the few-step frontier (sliced W2 to p_0 vs network calls; learned
 /// maps solid, solvers dashed, the exact-sample floor in grey), one panel per problem; and per
 /// problem the (s, t) heat maps of log10 E|Psi^ - Psi|, one panel per map, source level i down
-/// the rows and target level j across (blank where a map has no such pair).
+/// the rows and target level j across (blank where a map has no such pair); and for a
+/// two-dimensional problem the sample panels at 1 and 2 calls.
 pub fn flow_maps(doc: &Doc<super::flow_maps::FlowMaps>, dir: &Path) -> Result<Vec<PathBuf>> {
     fonts();
     let mut out = Vec::new();
@@ -1489,5 +1490,96 @@ pub fn flow_maps(doc: &Doc<super::flow_maps::FlowMaps>, dir: &Path) -> Result<Ve
             }
         );
     }
+    for problem in &problems {
+        out.extend(flow_map_panels(doc, problem, dir)?);
+    }
+    Ok(out)
+}
+
+/// The sample panels of a two-dimensional problem: one column per map (the exact draws first),
+/// one row per call count (1 and 2), [`super::flow_maps::PANEL`] samples each, on the exact
+/// draws' square.
+fn flow_map_panels(
+    doc: &Doc<super::flow_maps::FlowMaps>,
+    problem: &str,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let Some(exact) = doc
+        .groups
+        .iter()
+        .find(|g| g.key == problem)
+        .and_then(|g| g.panel.as_ref())
+    else {
+        return Ok(out);
+    };
+    let calls: Vec<usize> = doc
+        .config
+        .calls
+        .iter()
+        .copied()
+        .filter(|&k| k <= 2)
+        .collect();
+    let maps: Vec<_> = doc
+        .points
+        .iter()
+        .filter(|p| p.problem == problem && p.frontier.iter().any(|f| f.panel.is_some()))
+        .collect();
+    let radius = exact
+        .iter()
+        .fold(0.0f64, |m, q| m.max(q[0].abs()).max(q[1].abs()))
+        * 1.25;
+    let cols = maps.len() + 1;
+    let rows = calls.len().max(1);
+    let stem = dir.join(format!("flow_maps_panels_{problem}"));
+    render!(
+        &stem,
+        (170 * cols as u32, 170 * rows as u32 + 36),
+        out,
+        |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let main = footer_text(
+                &main,
+                format!("{problem}: the first {} samples at 1 and 2 network calls (rows); points outside the square are not drawn", exact.len()),
+            )?;
+            let panels = main.split_evenly((rows, cols));
+            for (r, &k) in calls.iter().enumerate() {
+                let mut cells: Vec<(String, Option<&Vec<[f64; 2]>>)> =
+                    vec![("exact p_0".into(), Some(exact))];
+                for p in &maps {
+                    let f = p.frontier.iter().find(|f| f.calls == k);
+                    let label = match f {
+                        Some(f) => format!("{} ({} NFE)", p.map, f.nfe),
+                        None => p.map.clone(),
+                    };
+                    cells.push((label, f.and_then(|f| f.panel.as_ref())));
+                }
+                for (c, (label, pts)) in cells.iter().enumerate() {
+                    let mut chart = ChartBuilder::on(&panels[r * cols + c])
+                        .caption(label, ("sans-serif", 11))
+                        .margin(4)
+                        .build_cartesian_2d(-radius..radius, -radius..radius)
+                        .map_err(err)?;
+                    chart
+                        .configure_mesh()
+                        .disable_mesh()
+                        .disable_axes()
+                        .draw()
+                        .map_err(err)?;
+                    let inside = |q: &&[f64; 2]| q[0].abs().max(q[1].abs()) < radius;
+                    if let Some(pts) = pts {
+                        let c = if c == 0 { BLACK } else { color(c - 1) };
+                        chart
+                            .draw_series(
+                                pts.iter()
+                                    .filter(inside)
+                                    .map(|q| Circle::new((q[0], q[1]), 1, c.mix(0.6).filled())),
+                            )
+                            .map_err(err)?;
+                    }
+                }
+            }
+        }
+    );
     Ok(out)
 }
