@@ -93,6 +93,15 @@ fn footer<DB: DrawingBackend>(area: &Area<DB>, p: &Provenance) -> Result<Area<DB
     footer_text(area, text)
 }
 
+/// The provenance footer with `caption` above it; returns the rest of `area`.
+fn footer_captioned<DB: DrawingBackend>(
+    area: &Area<DB>,
+    p: &Provenance,
+    caption: String,
+) -> Result<Area<DB>> {
+    footer_text(&footer(area, p)?, caption)
+}
+
 /// Draws `text` (one or more lines) at the bottom of `area`, 18 px a line; returns the rest.
 fn footer_text<DB: DrawingBackend>(area: &Area<DB>, text: String) -> Result<Area<DB>> {
     let (_, h) = area.dim_in_pixel();
@@ -123,6 +132,7 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .map_err(err)
 }
 
+/// The series palette; black is left for the reference series (exact samples, floors).
 fn color(i: usize) -> RGBColor {
     const C: [(u8, u8, u8); 13] = [
         (31, 119, 180),
@@ -135,7 +145,7 @@ fn color(i: usize) -> RGBColor {
         (127, 127, 127),
         (188, 189, 34),
         (23, 190, 207),
-        (0, 0, 0),
+        (0, 110, 90),
         (120, 160, 255),
         (255, 190, 90),
     ];
@@ -1452,9 +1462,9 @@ pub fn flow_maps(doc: &Doc<super::flow_maps::FlowMaps>, dir: &Path) -> Result<Ve
             (300 * cols as u32, 300 * rows as u32 + 36),
             out,
             |root| {
-                let main = footer(&root, &doc.provenance)?;
-                let main = footer_text(
-                    &main,
+                let main = footer_captioned(
+                    &root,
+                    &doc.provenance,
                     format!(
                         "{problem}: log10 E|Psi^ - Psi| from {lo:.2} (dark) to {hi:.2} (yellow); rows: source level i, columns: target level j"
                     ),
@@ -1537,9 +1547,9 @@ fn flow_map_panels(
         (170 * cols as u32, 170 * rows as u32 + 36),
         out,
         |root| {
-            let main = footer(&root, &doc.provenance)?;
-            let main = footer_text(
-                &main,
+            let main = footer_captioned(
+                &root,
+                &doc.provenance,
                 format!("{problem}: the first {} samples at 1 and 2 network calls (rows); points outside the square are not drawn", exact.len()),
             )?;
             let panels = main.split_evenly((rows, cols));
