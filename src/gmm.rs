@@ -15,6 +15,20 @@
 //! alpha or sigma, so alpha -> 0 and sigma -> 0 are exact (only alpha = sigma = 0 is excluded).
 //! Responsibilities come from a one-pass (online) log-sum-exp over components.
 //!
+//! The Jacobian in x of a prediction y = sum_k r_k y_k, y_k = a mu_k + U_k diag(g_k) z_k with
+//! g_k = (a alpha l_k - b)/D_k, follows from grad r_k = r_k (s_k - s) (s_k the component score,
+//! s = sum_k r_k s_k the score):
+//!
+//! J = sum_k r_k M_k + sum_k r_k (y_k - y)(s_k - s)^T,   M_k = U_k diag(g_k) U_k^T,
+//!
+//! which for the score (a = 0, b = 1) is grad^2 log p_t = sum_k r_k (-C_k^-1 + s_k s_k^T) - s s^T,
+//! C_k = alpha^2 Sigma_k + sigma^2 I. Its trace needs no d x d product: with c_k = U_k^T mu_k,
+//! y_k . s_k = -a c_k . (z_k / D_k) - sum_j g_kj z_kj^2 / D_kj, so
+//!
+//! tr J = sum_k r_k (sum_j g_kj + y_k . s_k) - y . s,
+//!
+//! O(K d) per point beyond the projections z_k that the prediction itself needs.
+//!
 //! File format (JSON): `{"weights": [K], "means": [[d], ...], "covs": [[[d x d]], ...]}`,
 //! plus optional `"name"` (string) and `"provenance"` (object), which are ignored.
 
@@ -27,7 +41,9 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::evd::{self, ComputeEigenvectors};
 use faer::{Mat, Par};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{
+    Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3, Axis, Zip,
+};
 use rayon::prelude::*;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -1044,8 +1060,185 @@ impl GaussianMixture {
     }
 }
 
+/// One component's constants at a level, for the Jacobian: mu, U, D, g, c = U^T mu, M = U diag(g) U^T.
+struct TangentLevel {
+    log_norm: f64,
+    mean: Array1<f64>,
+    u: Array2<f64>,
+    inv_d: Array1<f64>,
+    gain: Array1<f64>,
+    c: Array1<f64>,
+    m: Option<Array2<f64>>,
+}
+
+/// Per point, what the Jacobian and the divergence need: responsibilities, z_k, y_k, s_k.
+struct PointTerms {
+    r: Vec<f64>,
+    z: Vec<Array1<f64>>,
+}
+
+impl GaussianMixture {
+    fn tangent_levels(
+        &self,
+        kind: Prediction,
+        at: &NoiseLevel,
+        full: bool,
+    ) -> Result<(Vec<TangentLevel>, f64)> {
+        Self::check_level(at)?;
+        let (a, b) = kind.coefficients(at);
+        if !(a.is_finite() && b.is_finite()) {
+            return Err(Error::Domain(format!(
+                "{kind} is not defined at t = {}: {at:?}",
+                at.t
+            )));
+        }
+        let (a2, s2) = (at.alpha * at.alpha, at.sigma * at.sigma);
+        let levels = self
+            .active
+            .iter()
+            .map(|&k| {
+                let comp = &self.components[k];
+                let dd = comp.l.mapv(|l| a2 * l + s2);
+                let gain = Zip::from(&comp.l)
+                    .and(&dd)
+                    .map_collect(|&l, &dj| (a * at.alpha * l - b) / dj);
+                let m = full.then(|| {
+                    let ug = &comp.u * &gain.view().insert_axis(Axis(0));
+                    ug.dot(&comp.u.t())
+                });
+                TangentLevel {
+                    log_norm: self.log_w[k] - 0.5 * dd.mapv(f64::ln).sum(),
+                    c: comp.u.t().dot(&comp.mean),
+                    mean: comp.mean.clone(),
+                    u: comp.u.clone(),
+                    inv_d: dd.mapv(f64::recip),
+                    gain,
+                    m,
+                }
+            })
+            .collect();
+        Ok((levels, a))
+    }
+
+    fn point_terms(levels: &[TangentLevel], x: ArrayView1<f64>, alpha: f64) -> PointTerms {
+        let mut z = Vec::with_capacity(levels.len());
+        let mut logit = Vec::with_capacity(levels.len());
+        for lv in levels {
+            let r = Zip::from(&x)
+                .and(&lv.mean)
+                .map_collect(|&x, &mu| x - alpha * mu);
+            let zk = lv.u.t().dot(&r);
+            let quad: f64 = zk.iter().zip(&lv.inv_d).map(|(z, i)| z * z * i).sum();
+            logit.push(lv.log_norm - 0.5 * quad);
+            z.push(zk);
+        }
+        let top = logit.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let mut r: Vec<f64> = logit.iter().map(|l| (l - top).exp()).collect();
+        let total: f64 = r.iter().sum();
+        r.iter_mut().for_each(|r| *r /= total);
+        PointTerms { r, z }
+    }
+
+    /// (y_k, s_k) of one component at a point, back in the original basis.
+    fn component_pair(lv: &TangentLevel, z: &Array1<f64>, a: f64) -> (Array1<f64>, Array1<f64>) {
+        let s = -lv.u.dot(&(z * &lv.inv_d));
+        let y = lv.u.dot(&(z * &lv.gain)) + &lv.mean * a;
+        (y, s)
+    }
+
+    /// The exact Jacobians of the `kind` prediction (see the module doc), (N, d, d).
+    pub fn jacobian_exact(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        mut out: ArrayViewMut3<f64>,
+    ) -> Result<()> {
+        crate::oracle::check_jacobian(self.dim(), &x, out.dim())?;
+        let (levels, a) = self.tangent_levels(kind, at, true)?;
+        let d = self.dim();
+        Zip::from(x.rows())
+            .and(out.outer_iter_mut())
+            .into_par_iter()
+            .with_min_len(64)
+            .for_each(|(x, mut j)| {
+                let pt = Self::point_terms(&levels, x, at.alpha);
+                let pairs: Vec<_> = levels
+                    .iter()
+                    .zip(&pt.z)
+                    .map(|(lv, z)| Self::component_pair(lv, z, a))
+                    .collect();
+                let (mut y, mut s) = (Array1::<f64>::zeros(d), Array1::<f64>::zeros(d));
+                for (r, (yk, sk)) in pt.r.iter().zip(&pairs) {
+                    y.scaled_add(*r, yk);
+                    s.scaled_add(*r, sk);
+                }
+                j.fill(0.0);
+                for ((r, (yk, sk)), lv) in pt.r.iter().zip(&pairs).zip(&levels) {
+                    j.scaled_add(*r, lv.m.as_ref().expect("full level"));
+                    let (dy, ds) = (yk - &y, sk - &s);
+                    for p in 0..d {
+                        for q in 0..d {
+                            j[(p, q)] += r * dy[p] * ds[q];
+                        }
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    /// The exact divergences tr J of the `kind` prediction (see the module doc).
+    pub fn divergence_exact(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        mut out: ArrayViewMut1<f64>,
+    ) -> Result<()> {
+        if x.ncols() != self.dim() || out.len() != x.nrows() {
+            return Err(Error::Dimension(format!(
+                "the mixture has dimension {}; got points {:?} and a divergence buffer of length {}",
+                self.dim(),
+                x.dim(),
+                out.len()
+            )));
+        }
+        let (levels, a) = self.tangent_levels(kind, at, false)?;
+        let d = self.dim();
+        Zip::from(x.rows())
+            .and(&mut out)
+            .into_par_iter()
+            .with_min_len(64)
+            .for_each(|(x, o)| {
+                let pt = Self::point_terms(&levels, x, at.alpha);
+                let mut tr = 0.0;
+                for ((r, z), lv) in pt.r.iter().zip(&pt.z).zip(&levels) {
+                    let zd = z * &lv.inv_d;
+                    let ys = -a * lv.c.dot(&zd)
+                        - z.iter()
+                            .zip(&zd)
+                            .zip(&lv.gain)
+                            .map(|((z, zd), g)| g * z * zd)
+                            .sum::<f64>();
+                    tr += r * (lv.gain.sum() + ys);
+                }
+                // y = sum_k r_k (a mu_k + U_k g_k z_k), s = -sum_k r_k U_k (z_k / D_k): both need
+                // the rotations back, accumulated per component.
+                let (mut y, mut s) = (Array1::<f64>::zeros(d), Array1::<f64>::zeros(d));
+                for ((r, z), lv) in pt.r.iter().zip(&pt.z).zip(&levels) {
+                    y.scaled_add(*r, &(lv.u.dot(&(z * &lv.gain)) + &lv.mean * a));
+                    s.scaled_add(-*r, &lv.u.dot(&(z * &lv.inv_d)));
+                }
+                *o = tr - y.dot(&s);
+            });
+        Ok(())
+    }
+}
+
 /// Eigen-decomposition of a symmetric matrix, sequential so that it never depends on threads.
-fn self_adjoint_eigen(a: &Mat<f64>) -> std::result::Result<(Array2<f64>, Array1<f64>), String> {
+pub(crate) fn self_adjoint_eigen(
+    a: &Mat<f64>,
+) -> std::result::Result<(Array2<f64>, Array1<f64>), String> {
     let d = a.nrows();
     let mut u = Mat::<f64>::zeros(d, d);
     let mut s = faer::diag::Diag::<f64>::zeros(d);
@@ -1081,6 +1274,52 @@ impl Oracle for GaussianMixture {
 
     fn eval(&self, x: ArrayView2<f64>, at: &NoiseLevel, out: ArrayViewMut2<f64>) -> Result<()> {
         self.predict(Prediction::X0, x, at, out)
+    }
+
+    fn jvp(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        v: ArrayView2<f64>,
+        mut out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        check_batch(self.dim(), &x, &out)?;
+        if v.dim() != x.dim() {
+            return Err(Error::Dimension(format!(
+                "points {:?} but tangents {:?}",
+                x.dim(),
+                v.dim()
+            )));
+        }
+        let d = self.dim();
+        let mut j = ndarray::Array3::zeros((x.nrows(), d, d));
+        self.jacobian_exact(kind, x, at, j.view_mut())?;
+        Zip::from(out.rows_mut())
+            .and(j.outer_iter())
+            .and(v.rows())
+            .for_each(|mut o, j, v| o.assign(&j.dot(&v)));
+        Ok(())
+    }
+
+    fn jacobian(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut3<f64>,
+    ) -> Result<()> {
+        self.jacobian_exact(kind, x, at, out)
+    }
+
+    fn divergence(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut1<f64>,
+    ) -> Result<()> {
+        self.divergence_exact(kind, x, at, out)
     }
 
     /// Every prediction type computed directly from the mixture (no conversion).

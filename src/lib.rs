@@ -32,6 +32,7 @@ pub mod prediction;
 pub mod problems;
 pub mod rng;
 pub mod solver;
+pub mod tangent;
 
 pub use gaussian_flow::GaussianFlow;
 pub use gmm::{Component, GaussianMixture, MixtureSpec};

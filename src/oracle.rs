@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::prediction::{self, Prediction};
 use crate::schedule::NoiseLevel;
-use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -32,6 +32,70 @@ pub trait Oracle: Sync {
     ) -> Result<()> {
         self.eval(x, at, out.view_mut())?;
         prediction::convert(self.native(), kind, at, x, out)
+    }
+
+    /// Jacobian-vector products: row i of `out` is J(x_i) v_i, where J = d y / d x is the Jacobian
+    /// in x of the `kind` prediction y at the row's point (the noise level held fixed). Oracles
+    /// that can differentiate themselves override this (the mixture exactly, the MLP by forward
+    /// mode); the default says the oracle cannot.
+    fn jvp(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        v: ArrayView2<f64>,
+        out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        let _ = (kind, x, at, v, out);
+        Err(Error::Domain(
+            "this oracle has no Jacobian (the Gaussian mixture and the MLP have)".into(),
+        ))
+    }
+
+    /// The Jacobians themselves: `out` is (N, d, d) with `out[[i, j, l]]` = d y_j / d x_l at row
+    /// i. The default makes d [`Oracle::jvp`] passes with the unit vectors e_l.
+    fn jacobian(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        mut out: ArrayViewMut3<f64>,
+    ) -> Result<()> {
+        let (n, d) = x.dim();
+        check_jacobian(self.dim(), &x, out.dim())?;
+        let mut v = Array2::zeros((n, d));
+        let mut jv = Array2::zeros((n, d));
+        for l in 0..d {
+            v.fill(0.0);
+            v.column_mut(l).fill(1.0);
+            self.jvp(kind, x, at, v.view(), jv.view_mut())?;
+            out.slice_mut(ndarray::s![.., .., l]).assign(&jv);
+        }
+        Ok(())
+    }
+
+    /// The divergences tr J (one per row) into `out` (length N). The default takes the trace of
+    /// [`Oracle::jacobian`].
+    fn divergence(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        mut out: ArrayViewMut1<f64>,
+    ) -> Result<()> {
+        let (n, d) = x.dim();
+        if out.len() != n {
+            return Err(Error::Dimension(format!(
+                "{n} points but a divergence buffer of length {}",
+                out.len()
+            )));
+        }
+        let mut j = ndarray::Array3::zeros((n, d, d));
+        self.jacobian(kind, x, at, j.view_mut())?;
+        for (o, j) in out.iter_mut().zip(j.outer_iter()) {
+            *o = j.diag().sum();
+        }
+        Ok(())
     }
 
     /// Whether the oracle is guided by a rule that renoises with the guide's prediction inside
@@ -76,6 +140,34 @@ impl<O: Oracle + ?Sized> Oracle for &O {
     ) -> Result<()> {
         (**self).predict(kind, x, at, out)
     }
+    fn jvp(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        v: ArrayView2<f64>,
+        out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        (**self).jvp(kind, x, at, v, out)
+    }
+    fn jacobian(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut3<f64>,
+    ) -> Result<()> {
+        (**self).jacobian(kind, x, at, out)
+    }
+    fn divergence(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut1<f64>,
+    ) -> Result<()> {
+        (**self).divergence(kind, x, at, out)
+    }
     fn renoises_with_guide(&self) -> bool {
         (**self).renoises_with_guide()
     }
@@ -98,6 +190,18 @@ pub fn check_batch(dim: usize, x: &ArrayView2<f64>, out: &ArrayViewMut2<f64>) ->
             "the oracle has dimension {dim}; got points {:?} and an output buffer {:?}",
             x.dim(),
             out.dim()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `x` is (N, d) and a Jacobian buffer (N, d, d) for the oracle's d.
+pub fn check_jacobian(dim: usize, x: &ArrayView2<f64>, out: (usize, usize, usize)) -> Result<()> {
+    let (n, d) = x.dim();
+    if d != dim || out != (n, d, d) {
+        return Err(Error::Dimension(format!(
+            "the oracle has dimension {dim}; got points {:?} and a Jacobian buffer {out:?}",
+            x.dim()
         )));
     }
     Ok(())
@@ -182,6 +286,34 @@ impl<O: Oracle> Oracle for Counted<O> {
     ) -> Result<()> {
         self.record(at);
         self.inner.predict(kind, x, at, out)
+    }
+    fn jvp(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        v: ArrayView2<f64>,
+        out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        self.inner.jvp(kind, x, at, v, out)
+    }
+    fn jacobian(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut3<f64>,
+    ) -> Result<()> {
+        self.inner.jacobian(kind, x, at, out)
+    }
+    fn divergence(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        out: ArrayViewMut1<f64>,
+    ) -> Result<()> {
+        self.inner.divergence(kind, x, at, out)
     }
     fn renoises_with_guide(&self) -> bool {
         self.inner.renoises_with_guide()

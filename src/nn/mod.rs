@@ -448,9 +448,63 @@ pub fn silu_prime(z: f64) -> f64 {
     sig * (1.0 + z * (1.0 - sig))
 }
 
+impl Mlp {
+    /// The native prediction F and its forward-mode tangent J_F v along x (the time held fixed)
+    /// for rows of `x` and `v`, in parallel blocks of [`crate::oracle::CHUNK_ROWS`] rows.
+    pub fn tangent_into(
+        &self,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        v: ArrayView2<f64>,
+        mut out: ArrayViewMut2<f64>,
+    ) {
+        use ndarray::Axis;
+        use rayon::prelude::*;
+        let s = self.config.time_input.of(at);
+        let chunk = crate::oracle::CHUNK_ROWS;
+        x.axis_chunks_iter(Axis(0), chunk)
+            .into_par_iter()
+            .zip(v.axis_chunks_iter(Axis(0), chunk).into_par_iter())
+            .zip(out.axis_chunks_iter_mut(Axis(0), chunk).into_par_iter())
+            .for_each(|((x, v), mut out)| {
+                let s = vec![s; x.nrows()];
+                let zero = vec![0.0; x.nrows()];
+                let h0 = self.input(x, &s);
+                let dh0 = self.input_tangent(v, &[&s], &[&zero]);
+                out.assign(&self.forward_tangent(h0, dh0).1);
+            });
+    }
+}
+
 impl Oracle for Mlp {
     fn dim(&self) -> usize {
         self.config.dim
+    }
+
+    /// Forward mode (one tangent pass per call): J_kind v = p v + q J_F v for the conversion
+    /// kind = p x + q F of the native prediction F.
+    fn jvp(
+        &self,
+        kind: Prediction,
+        x: ArrayView2<f64>,
+        at: &NoiseLevel,
+        v: ArrayView2<f64>,
+        mut out: ArrayViewMut2<f64>,
+    ) -> Result<()> {
+        check_batch(self.config.dim, &x, &out)?;
+        if v.dim() != x.dim() || self.config.times != 1 {
+            return Err(Error::Dimension(format!(
+                "points {:?} but tangents {:?} (or a two-time network)",
+                x.dim(),
+                v.dim()
+            )));
+        }
+        let (p, q) = crate::prediction::conversion(self.config.prediction, kind, at)?;
+        self.tangent_into(x, at, v, out.view_mut());
+        ndarray::Zip::from(&mut out)
+            .and(&v)
+            .for_each(|o, &v| *o = p * v + q * *o);
+        Ok(())
     }
     fn native(&self) -> Prediction {
         self.config.prediction

@@ -1,0 +1,269 @@
+//! The tangent flow: exact Jacobians and divergences against finite differences, Hutchinson's
+//! estimator against the exact trace, forward mode through solvers against closed forms.
+
+use ndarray::{Array1, Array2, Array3};
+use pfode::grid::Grid;
+use pfode::nn::{Mlp, MlpConfig, TimeInput};
+use pfode::solver::{self, Env};
+use pfode::tangent::{self, JacobianStats, Probe};
+use pfode::{problems, schedule, GaussianFlow, NoiseLevel, Oracle, Prediction};
+
+fn points(n: usize, d: usize, scale: f64) -> Array2<f64> {
+    Array2::from_shape_fn((n, d), |(i, j)| {
+        scale * ((1.7 * i as f64 + 0.9 * j as f64 + 0.3).sin() * 2.0 + 0.3 * j as f64)
+    })
+}
+
+/// Central differences of the `kind` prediction, (n, d, d).
+fn fd_jacobian(
+    o: &dyn Oracle,
+    kind: Prediction,
+    x: &Array2<f64>,
+    at: &NoiseLevel,
+    h: f64,
+) -> Array3<f64> {
+    let (n, d) = x.dim();
+    let mut j = Array3::zeros((n, d, d));
+    for q in 0..d {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp.column_mut(q).mapv_inplace(|v| v + h);
+        xm.column_mut(q).mapv_inplace(|v| v - h);
+        let (mut yp, mut ym) = (Array2::zeros((n, d)), Array2::zeros((n, d)));
+        o.predict(kind, xp.view(), at, yp.view_mut()).unwrap();
+        o.predict(kind, xm.view(), at, ym.view_mut()).unwrap();
+        for i in 0..n {
+            for p in 0..d {
+                j[(i, p, q)] = (yp[(i, p)] - ym[(i, p)]) / (2.0 * h);
+            }
+        }
+    }
+    j
+}
+
+fn rel_err(a: &Array3<f64>, b: &Array3<f64>) -> f64 {
+    let num = (a - b).iter().map(|e| e * e).sum::<f64>().sqrt();
+    num / b.iter().map(|e| e * e).sum::<f64>().sqrt().max(1e-300)
+}
+
+#[test]
+fn mixture_jacobian_and_divergence_match_finite_differences() {
+    let vp = schedule::parse("vp-linear").unwrap();
+    let edm = schedule::parse("edm").unwrap();
+    let mut checked = 0;
+    for name in ["gauss4", "ring2d", "aniso16", "gauss2c"] {
+        let m = problems::load(name).unwrap();
+        let d = m.dim();
+        let x = points(7, d, 1.0);
+        for at in [vp.level(0.05), vp.level(0.4), edm.level(2.0)] {
+            for kind in Prediction::ALL {
+                let mut j = Array3::zeros((7, d, d));
+                m.jacobian(kind, x.view(), &at, j.view_mut()).unwrap();
+                let fd = fd_jacobian(&m, kind, &x, &at, 1e-5);
+                let e = rel_err(&j, &fd);
+                assert!(
+                    e < 1e-6,
+                    "{name} {kind} at t = {}: relative error {e:e}",
+                    at.t
+                );
+                let mut div = Array1::zeros(7);
+                m.divergence(kind, x.view(), &at, div.view_mut()).unwrap();
+                for i in 0..7 {
+                    let tr: f64 = (0..d).map(|p| j[(i, p, p)]).sum();
+                    assert!(
+                        (div[i] - tr).abs() < 1e-10 * tr.abs().max(1.0),
+                        "{name} {kind}: {} vs {tr}",
+                        div[i]
+                    );
+                }
+                // J v is the Jacobian applied.
+                let v = points(7, d, 0.3).mapv(|v| v.cos());
+                let mut jv = Array2::zeros((7, d));
+                m.jvp(kind, x.view(), &at, v.view(), jv.view_mut()).unwrap();
+                for i in 0..7 {
+                    let want = j.index_axis(ndarray::Axis(0), i).dot(&v.row(i));
+                    let e = (&jv.row(i) - &want)
+                        .iter()
+                        .fold(0.0f64, |a, b| a.max(b.abs()));
+                    assert!(e < 1e-12 * want.iter().fold(1.0f64, |a, b| a.max(b.abs())));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 4 * 3 * 5);
+}
+
+#[test]
+fn score_hessian_of_one_gaussian_is_minus_the_inverse_covariance() {
+    let m = problems::load("gauss4").unwrap();
+    let at = NoiseLevel::of(0.8, 0.6);
+    let x = points(3, 4, 1.0);
+    let mut j = Array3::zeros((3, 4, 4));
+    m.jacobian(Prediction::Score, x.view(), &at, j.view_mut())
+        .unwrap();
+    let (u, l) = m.eigen(0);
+    let c_inv = u
+        .dot(&Array2::from_diag(&l.mapv(|l| 1.0 / (0.64 * l + 0.36))))
+        .dot(&u.t());
+    for i in 0..3 {
+        let e = (&j.index_axis(ndarray::Axis(0), i) + &c_inv)
+            .iter()
+            .fold(0.0f64, |a, b| a.max(b.abs()));
+        assert!(e < 1e-13, "{e:e}");
+    }
+}
+
+fn small_mlp(prediction: Prediction) -> Mlp {
+    Mlp::init(
+        MlpConfig {
+            dim: 3,
+            width: 16,
+            depth: 2,
+            time_input: TimeInput::T,
+            time_features: 4,
+            omega_max: 10.0,
+            prediction,
+            times: 1,
+        },
+        5,
+    )
+    .unwrap()
+}
+
+#[test]
+fn mlp_jacobian_by_forward_mode_matches_finite_differences() {
+    let vp = schedule::parse("vp-linear").unwrap();
+    let at = vp.level(0.3);
+    for native in [Prediction::Eps, Prediction::X0, Prediction::V] {
+        let net = small_mlp(native);
+        let x = points(300, 3, 0.7);
+        for kind in Prediction::ALL {
+            let mut j = Array3::zeros((300, 3, 3));
+            net.jacobian(kind, x.view(), &at, j.view_mut()).unwrap();
+            let fd = fd_jacobian(&net, kind, &x, &at, 1e-5);
+            let e = rel_err(&j, &fd);
+            assert!(e < 1e-8, "{native} -> {kind}: {e:e}");
+            let mut div = Array1::zeros(300);
+            net.divergence(kind, x.view(), &at, div.view_mut()).unwrap();
+            let tr = (0..300).map(|i| (0..3).map(|p| fd[(i, p, p)]).sum::<f64>());
+            for (a, b) in div.iter().zip(tr) {
+                assert!((a - b).abs() < 1e-7 * b.abs().max(1.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn hutchinson_is_unbiased_within_four_standard_errors() {
+    let m = problems::load("aniso16").unwrap();
+    let vp = schedule::parse("vp-linear").unwrap();
+    let at = vp.level(0.2);
+    let x = m.sample_pt(40, &at, 3);
+    let mut exact = Array1::zeros(40);
+    m.divergence(Prediction::Velocity, x.view(), &at, exact.view_mut())
+        .unwrap();
+    for probe in [Probe::Rademacher, Probe::Gaussian] {
+        let e = tangent::probes(40, 16, 64, probe, 9);
+        let (mean, se) = tangent::hutchinson(&m, Prediction::Velocity, x.view(), &at, &e).unwrap();
+        let mut worst = 0.0f64;
+        for i in 0..40 {
+            assert!(se[i] > 0.0);
+            worst = worst.max((mean[i] - exact[i]).abs() / se[i]);
+        }
+        assert!(worst < 4.0, "{probe}: worst |mean - exact| / se = {worst}");
+        // Same seed, same probes; another seed, other probes.
+        assert_eq!(tangent::probes(40, 16, 2, probe, 9)[1], e[1]);
+        assert_ne!(tangent::probes(40, 16, 1, probe, 10)[0], e[0]);
+    }
+    // Rademacher probes are exact on a diagonal Jacobian: a single probe gives the trace.
+    let e = tangent::probes(5, 2, 1, Probe::Rademacher, 1);
+    let flow = schedule::parse("flow").unwrap();
+    let iso = pfode::GaussianMixture::new(
+        pfode::MixtureSpec {
+            weights: vec![1.0],
+            means: vec![vec![0.5, -1.0]],
+            covs: vec![vec![vec![2.0, 0.0], vec![0.0, 0.5]]],
+            ..Default::default()
+        },
+        "diag",
+    )
+    .unwrap();
+    let at = flow.level(0.4);
+    let x = points(5, 2, 1.0);
+    let (mean, _) = tangent::hutchinson(&iso, Prediction::Velocity, x.view(), &at, &e).unwrap();
+    let mut exact = Array1::zeros(5);
+    iso.divergence(Prediction::Velocity, x.view(), &at, exact.view_mut())
+        .unwrap();
+    for (a, b) in mean.iter().zip(&exact) {
+        assert!((a - b).abs() < 1e-13);
+    }
+}
+
+#[test]
+fn reference_jacobian_of_a_gaussian_is_the_closed_form_and_symmetric_psd() {
+    let m = problems::load("gauss4").unwrap();
+    for sched in ["vp-linear", "edm", "flow"] {
+        let s = schedule::parse(sched).unwrap();
+        let (t0, t1) = (pfode::study::convergence::range(s.as_ref()).0, s.t_min());
+        let grid = Grid::explicit(vec![t0, t1], "two", s.as_ref()).unwrap();
+        let env = Env {
+            schedule: s.as_ref(),
+            mixture: Some(&m),
+            noise_seed: 0,
+        };
+        let x = m.sample_pt(5, &s.level(t0), 2);
+        for spec in ["reference", "ddim", "dpm-solver++:order=2"] {
+            let g = if spec == "reference" {
+                grid.clone()
+            } else {
+                Grid::parse(&format!("logsnr:steps=6,t_start={t0}"), s.as_ref()).unwrap()
+            };
+            let mut b = solver::build(spec, &env).unwrap();
+            let (y, j) =
+                tangent::map_jacobian(b.solver.as_mut(), &m, s.as_ref(), &g, x.view()).unwrap();
+            let plain = solver::integrate(
+                solver::build(spec, &env).unwrap().solver.as_mut(),
+                &pfode::solver::Model::new(&m, s.as_ref()),
+                &g,
+                x.view(),
+            )
+            .unwrap();
+            assert!(
+                (&y - &plain).iter().fold(0.0f64, |a, b| a.max(b.abs())) < 1e-9,
+                "{sched} {spec}"
+            );
+            for i in 0..5 {
+                let st = JacobianStats::of(j.index_axis(ndarray::Axis(0), i)).unwrap();
+                assert!(
+                    st.asymmetry < 1e-10,
+                    "{sched} {spec}: asymmetry {:e}",
+                    st.asymmetry
+                );
+                assert!(st.min_sym_eig > 0.0, "{sched} {spec}");
+            }
+            if spec == "reference" {
+                // The closed form: U diag(sqrt(D_1 / D_0)) U^T.
+                let (a0, a1) = (s.level(t0), s.level(t1));
+                let (u, l) = m.eigen(0);
+                let gain = l.mapv(|l| {
+                    ((a1.alpha.powi(2) * l + a1.sigma.powi(2))
+                        / (a0.alpha.powi(2) * l + a0.sigma.powi(2)))
+                    .sqrt()
+                });
+                let want = u.dot(&Array2::from_diag(&gain)).dot(&u.t());
+                for i in 0..5 {
+                    let e = (&j.index_axis(ndarray::Axis(0), i) - &want)
+                        .iter()
+                        .fold(0.0f64, |a, b| a.max(b.abs()));
+                    assert!(e < 1e-9, "{sched}: {e:e}");
+                }
+                let mut img = Array2::zeros(x.dim());
+                GaussianFlow::new(&m)
+                    .unwrap()
+                    .map(&a0, &a1, x.view(), img.view_mut())
+                    .unwrap();
+                assert!((&y - &img).iter().fold(0.0f64, |a, b| a.max(b.abs())) < 1e-9);
+            }
+        }
+    }
+}
