@@ -24,6 +24,7 @@ pub mod gmm;
 pub mod grid;
 pub mod guidance;
 pub mod io;
+pub mod likelihood;
 pub mod limits;
 pub mod metrics;
 pub mod nn;

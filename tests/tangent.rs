@@ -267,3 +267,202 @@ fn reference_jacobian_of_a_gaussian_is_the_closed_form_and_symmetric_psd() {
         }
     }
 }
+
+mod likelihood {
+    use super::*;
+    use pfode::likelihood::{log_likelihood, Divergence, Integrator, Method, Prior};
+
+    fn method(integrator: &str, divergence: &str, prior: Prior) -> Method {
+        Method {
+            integrator: Integrator::parse(integrator).unwrap(),
+            divergence: Divergence::parse(divergence).unwrap(),
+            prior,
+        }
+    }
+
+    fn ends(s: &dyn pfode::Schedule) -> Vec<f64> {
+        vec![s.t_min(), pfode::study::convergence::range(s).0]
+    }
+
+    #[test]
+    fn reference_likelihood_is_exact_on_gauss4_and_ring2d() {
+        for (name, tol) in [("gauss4", 1e-9), ("ring2d", 1e-8)] {
+            let m = problems::load(name).unwrap();
+            for sched in ["vp-linear", "vp-cosine", "edm", "flow"] {
+                let s = schedule::parse(sched).unwrap();
+                let times = ends(s.as_ref());
+                let x = m.sample_p0(50, 4);
+                let want = m.log_density(x.view(), &s.level(times[0])).unwrap();
+                let got = log_likelihood(
+                    &m,
+                    s.as_ref(),
+                    x.view(),
+                    &times,
+                    &method("reference", "exact", Prior::Exact),
+                    Some(&m),
+                )
+                .unwrap();
+                let err = (&got.log_p - &want)
+                    .iter()
+                    .fold(0.0f64, |a, b| a.max(b.abs()));
+                assert!(err < tol, "{name} {sched}: max error {err:e}");
+                assert!(got.nfe > 12);
+                let bpd = got.bits_per_dim();
+                let d = m.dim() as f64;
+                assert!((bpd[0] + got.log_p[0] / (d * std::f64::consts::LN_2)).abs() < 1e-15);
+            }
+        }
+    }
+
+    #[test]
+    fn log_det_of_the_tangent_map_is_the_likelihood_integral() {
+        let m = problems::load("ring2d").unwrap();
+        let s = schedule::parse("vp-linear").unwrap();
+        let times = ends(s.as_ref());
+        let x = m.sample_p0(20, 8);
+        let l = log_likelihood(
+            &m,
+            s.as_ref(),
+            x.view(),
+            &times,
+            &method("reference", "exact", Prior::Exact),
+            Some(&m),
+        )
+        .unwrap();
+        let grid = Grid::explicit(vec![times[1], times[0]], "back", s.as_ref()).unwrap();
+        let env = Env {
+            schedule: s.as_ref(),
+            mixture: Some(&m),
+            noise_seed: 0,
+        };
+        let mut r = solver::build("reference", &env).unwrap();
+        let (x0, j) =
+            tangent::map_jacobian(r.solver.as_mut(), &m, s.as_ref(), &grid, l.latent.view())
+                .unwrap();
+        assert!((&x0 - &x).iter().fold(0.0f64, |a, b| a.max(b.abs())) < 1e-8);
+        for i in 0..20 {
+            let st = JacobianStats::of(j.index_axis(ndarray::Axis(0), i)).unwrap();
+            assert!(
+                (st.log_det + l.delta[i]).abs() < 1e-8,
+                "{} vs {}",
+                st.log_det,
+                -l.delta[i]
+            );
+        }
+    }
+
+    #[test]
+    fn fixed_step_likelihood_converges_at_the_integrators_order() {
+        let m = problems::load("gauss4").unwrap();
+        let s = schedule::parse("vp-linear").unwrap();
+        let x = m.sample_p0(20, 5);
+        let want = m.log_density(x.view(), &s.level(0.0)).unwrap();
+        for (name, order) in [("euler", 1.0), ("heun", 2.0), ("rk4", 4.0)] {
+            let err = |n: usize| {
+                let times: Vec<f64> = (0..=n).map(|i| i as f64 / n as f64).collect();
+                let l = log_likelihood(
+                    &m,
+                    s.as_ref(),
+                    x.view(),
+                    &times,
+                    &method(name, "exact", Prior::Exact),
+                    Some(&m),
+                )
+                .unwrap();
+                assert_eq!(
+                    l.nfe,
+                    n * if order == 1.0 {
+                        1
+                    } else if order == 2.0 {
+                        2
+                    } else {
+                        4
+                    }
+                );
+                (&l.log_p - &want).iter().map(|e| e.abs()).sum::<f64>() / 20.0
+            };
+            let (e1, e2) = (err(64), err(128));
+            let p = (e1 / e2).log2();
+            assert!(
+                (p - order).abs() < 0.3,
+                "{name}: observed order {p} ({e1:e} -> {e2:e})"
+            );
+        }
+    }
+
+    #[test]
+    fn priors_and_bad_points() {
+        let m = problems::load("gauss4").unwrap();
+        let s = schedule::parse("vp-linear").unwrap();
+        let times = ends(s.as_ref());
+        let x = m.sample_p0(10, 5);
+        let ex = log_likelihood(
+            &m,
+            s.as_ref(),
+            x.view(),
+            &times,
+            &method("reference", "exact", Prior::Exact),
+            Some(&m),
+        )
+        .unwrap();
+        let st = log_likelihood(
+            &m,
+            s.as_ref(),
+            x.view(),
+            &times,
+            &method("reference", "exact", Prior::Standard),
+            None,
+        )
+        .unwrap();
+        let kd = log_likelihood(
+            &m,
+            s.as_ref(),
+            x.view(),
+            &times,
+            &method("reference", "exact", Prior::KDiffusion),
+            None,
+        )
+        .unwrap();
+        // The same integral; only the prior differs. At sigma = 0 (alpha = 1) k-diffusion's
+        // convention is the standard prior.
+        assert_eq!(ex.delta, st.delta);
+        for i in 0..10 {
+            assert!((kd.log_p[i] - st.log_p[i]).abs() < 1e-9);
+            let gap = (ex.log_p[i] - st.log_p[i]).abs();
+            assert!(gap > 0.0 && gap < 0.1, "{} {}", ex.log_p[i], st.log_p[i]);
+        }
+        let mut bad = x.clone();
+        bad[(3, 1)] = f64::NAN;
+        let e = log_likelihood(
+            &m,
+            s.as_ref(),
+            bad.view(),
+            &times,
+            &method("reference", "exact", Prior::Exact),
+            Some(&m),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("point 3, coordinate 1"), "{e}");
+        let e = log_likelihood(
+            &m,
+            s.as_ref(),
+            x.slice(ndarray::s![.., ..3]),
+            &times,
+            &method("reference", "exact", Prior::Exact),
+            Some(&m),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dimension 4"), "{e}");
+        assert!(log_likelihood(
+            &m,
+            s.as_ref(),
+            x.view(),
+            &times,
+            &method("reference", "exact", Prior::Exact),
+            None
+        )
+        .is_err());
+        assert!(Divergence::parse("hutchinson:probes=0").is_err());
+        assert!(Integrator::parse("rk5").is_err());
+    }
+}
