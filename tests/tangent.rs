@@ -466,3 +466,73 @@ mod likelihood {
         assert!(Integrator::parse("rk5").is_err());
     }
 }
+
+fn npy(rows: usize, cols: usize, vals: &[f64]) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    for v in vals {
+        b.extend(v.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn likelihood_cli_rejects_bad_points_with_one_line_and_no_output() {
+    let dir = std::env::temp_dir().join(format!("pfode-lik-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out.json");
+    for (name, bytes, want) in [
+        (
+            "nan.npy",
+            npy(3, 2, &[0.0, 0.0, 0.0, f64::NAN, 0.0, 0.0]),
+            "NaN",
+        ),
+        ("wide.npy", npy(2, 3, &[0.0; 6]), "dimension mismatch"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_likelihood"))
+            .args(["--problem", "ring2d", "--points"])
+            .arg(&path)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want) && err.contains(name), "{err}");
+        assert!(!out.exists());
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_likelihood"))
+        .args([
+            "--problem",
+            "gauss4",
+            "--n",
+            "5",
+            "--prior",
+            "uniform",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown prior 'uniform'"));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_likelihood"))
+        .args(["--problem", "gauss4", "--n", "5", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(doc["max_abs_error"].as_f64().unwrap() < 1e-9);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
