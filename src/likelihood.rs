@@ -31,8 +31,7 @@
 //!   free of the model): with x_t = alpha_t x + sigma_t eps and eps_hat the model's noise
 //!   prediction,
 //!
-//!   -log p_0(x) <= -E log pi(x_T) + int_{lambda_T}^{lambda_max} E[|eps_hat|^2 - 2 eps . eps_hat] dlambda
-//!                  - d ln(alpha_T / alpha_{t_min}),
+//!   -log p_0(x) <= -E log pi(x_T) + int_{lambda_T}^{lambda_max} E[|eps_hat|^2 - 2 eps . eps_hat] dlambda - d ln(alpha_T / alpha_{t_min}),
 //!
 //!   using (g^2 / 2 sigma^2) dt = -dlambda and |eps - eps_hat|^2 - |eps|^2 as the integrand (the
 //!   |eps|^2 control variate keeps its variance finite as sigma -> 0, where it decays like
