@@ -31,12 +31,15 @@ fn run(args: &Args) -> Result<()> {
         "ot_gap" => study::merge::<OtGap>(&parts, &args.out).map(|_| ()),
         "flow_maps" => study::merge::<pfode::study::flow_maps::FlowMaps>(&parts, &args.out)
             .map(|_| ()),
+        "likelihood" => {
+            study::merge::<pfode::study::likelihood::LikelihoodStudy>(&parts, &args.out).map(|_| ())
+        }
         "sde" => study::merge::<Sde>(&parts, &args.out).map(|_| ()),
         "learned_vs_exact" => study::merge::<Learned>(&parts, &args.out).map(|_| ()),
         other => Err(Error::invalid(
             args.parts[0].display().to_string(),
             Some("kind".into()),
-            format!("cannot merge results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, flow_maps)"),
+            format!("cannot merge results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, flow_maps, likelihood)"),
         )),
     }
 }

@@ -185,6 +185,11 @@ fn run(args: &Args) -> Result<()> {
             mkdir()?;
             plot::flow_maps(&doc, &args.out_dir)?
         }
+        "likelihood" => {
+            let doc = study::read::<pfode::study::likelihood::LikelihoodStudy>(&args.results)?;
+            mkdir()?;
+            plot::likelihood(&doc, &args.out_dir)?
+        }
         "train" | "distill" => {
             let text = std::fs::read_to_string(&args.results).map_err(|e| Error::io(&args.results, e))?;
             let log: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
@@ -197,7 +202,7 @@ fn run(args: &Args) -> Result<()> {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
-                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, flow_maps, train, distill)"),
+                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, flow_maps, likelihood, train, distill)"),
             ))
         }
     };

@@ -44,12 +44,16 @@ fn run(args: &Args) -> Result<()> {
             let doc = study::read::<pfode::study::flow_maps::FlowMaps>(&args.results)?;
             (table::flow_maps(&doc), doc.provenance)
         }
+        "likelihood" => {
+            let doc = study::read::<pfode::study::likelihood::LikelihoodStudy>(&args.results)?;
+            (table::likelihood(&doc), doc.provenance)
+        }
         other => {
             return Err(Error::invalid(
                 args.results.display().to_string(),
                 Some("kind".into()),
                 format!(
-                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, flow_maps)"
+                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, flow_maps, likelihood)"
                 ),
             ))
         }

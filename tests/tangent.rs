@@ -625,3 +625,91 @@ mod elbo {
         );
     }
 }
+
+#[test]
+fn forward_mode_through_solvers_matches_finite_differences_of_the_map() {
+    let m = problems::load("ring2d").unwrap();
+    let s = schedule::parse("vp-linear").unwrap();
+    let env = Env {
+        schedule: s.as_ref(),
+        mixture: Some(&m),
+        noise_seed: 0,
+    };
+    let grid = Grid::parse("logsnr:steps=8,t_start=1,t_end=0.001", s.as_ref()).unwrap();
+    let x = m.sample_pt(6, &s.level(1.0), 5);
+    for spec in [
+        "ddim",
+        "dpm-solver++:order=2",
+        "unipc:order=2",
+        "heun",
+        "dpm-solver:order=3,method=singlestep",
+    ] {
+        let mut b = solver::build(spec, &env).unwrap();
+        let (_, j) =
+            tangent::map_jacobian(b.solver.as_mut(), &m, s.as_ref(), &grid, x.view()).unwrap();
+        let map = |x: &Array2<f64>| {
+            let mut b = solver::build(spec, &env).unwrap();
+            solver::integrate(
+                b.solver.as_mut(),
+                &pfode::solver::Model::new(&m, s.as_ref()),
+                &grid,
+                x.view(),
+            )
+            .unwrap()
+        };
+        let h = 1e-6;
+        let mut worst = 0.0f64;
+        for q in 0..2 {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp.column_mut(q).mapv_inplace(|v| v + h);
+            xm.column_mut(q).mapv_inplace(|v| v - h);
+            let (yp, ym) = (map(&xp), map(&xm));
+            for i in 0..6 {
+                for p in 0..2 {
+                    let fd = (yp[(i, p)] - ym[(i, p)]) / (2.0 * h);
+                    worst = worst.max((fd - j[(i, p, q)]).abs() / fd.abs().max(1.0));
+                }
+            }
+        }
+        assert!(worst < 1e-6, "{spec}: {worst:e}");
+    }
+}
+
+#[test]
+fn likelihood_study_unit_on_gauss4() {
+    use pfode::study::likelihood::{Config, LikelihoodStudy};
+    use pfode::study::Study;
+    let mut c = Config::main();
+    c.problems = vec!["gauss4".into()];
+    c.nets.clear();
+    c.samples = 20;
+    c.steps = vec![8, 16];
+    c.probes = vec![4];
+    c.samplers = vec!["ddim".into()];
+    c.sampler_steps = vec![8];
+    c.ddpm_steps = vec![10];
+    c.replicates = 2;
+    c.panels = 4;
+    let units = LikelihoodStudy::units(&c).unwrap();
+    assert_eq!(units.len(), 1);
+    let (g, pts) = LikelihoodStudy.run(&c, &units[0]).unwrap();
+    assert_eq!(g.t_min, 0.0);
+    // 3 priors + 3 integrators x 2 steps + 1 probe count x 2 + 1 sampler + 2 x (1 + 1) bounds.
+    assert_eq!(pts.len(), 3 + 6 + 2 + 1 + 4);
+    let reference = &pts[0];
+    assert!(reference.rms_error < 1e-9, "{}", reference.rms_error);
+    let rk4 = pts
+        .iter()
+        .find(|p| p.method == "rk4" && p.steps == 16)
+        .unwrap();
+    assert_eq!(rk4.nfe, 64);
+    let map = pts.iter().find(|p| p.view == "map").unwrap();
+    assert_eq!(map.nfe, 8);
+    assert!(
+        map.error > 0.0,
+        "DDIM at 8 steps has a positive KL: {}",
+        map.error
+    );
+    let (_, again) = LikelihoodStudy.run(&c, &units[0]).unwrap();
+    assert_eq!(pts, again);
+}

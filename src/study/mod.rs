@@ -22,6 +22,7 @@ pub mod convergence;
 pub mod flow_maps;
 pub mod guidance;
 pub mod learned;
+pub mod likelihood;
 pub mod ot_gap;
 pub mod plot;
 pub mod sde;

@@ -1593,3 +1593,94 @@ fn flow_map_panels(
     );
     Ok(out)
 }
+
+/// The `likelihood` study: per unit, the RMS error of log p vs NFE per integrator (exact
+/// divergence; Hutchinson at rk4 32 steps dashed as one point per probe count), and the KL of
+/// each sampler's law vs NFE (estimates at or below 0 are left out of the log axis).
+pub fn likelihood(
+    doc: &Doc<super::likelihood::LikelihoodStudy>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    for g in &doc.groups {
+        let pts: Vec<_> = doc.points.iter().filter(|p| p.unit == g.key).collect();
+        let mut a: Vec<Series> = doc
+            .config
+            .integrators
+            .iter()
+            .map(|i| {
+                let line = pts
+                    .iter()
+                    .filter(|p| {
+                        p.view == "ode"
+                            && &p.method == i
+                            && p.divergence == "exact"
+                            && p.rms_error > 0.0
+                    })
+                    .map(|p| (p.nfe as f64, p.rms_error))
+                    .collect();
+                (i.clone(), line, false)
+            })
+            .collect();
+        let hutch: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|p| {
+                p.view == "ode" && p.method == "rk4" && p.divergence.starts_with("hutchinson")
+            })
+            .map(|p| (p.nfe as f64, p.rms_error))
+            .collect();
+        for (k, &(nfe, v)) in hutch.iter().enumerate() {
+            let probes = doc.config.probes.get(k).copied().unwrap_or(0);
+            a.push((
+                format!("rk4 32 steps, Hutchinson {probes} probes"),
+                vec![(nfe * 0.9, v), (nfe * 1.1, v)],
+                true,
+            ));
+        }
+        let b: Vec<Series> = doc
+            .config
+            .samplers
+            .iter()
+            .map(|s| {
+                let line = pts
+                    .iter()
+                    .filter(|p| p.view == "map" && &p.method == s && p.error > 0.0)
+                    .map(|p| (p.nfe as f64, p.error))
+                    .collect();
+                (s.clone(), line, false)
+            })
+            .collect();
+        let name = if g.model == "exact" {
+            "exact".to_string()
+        } else {
+            g.model
+                .rsplit('/')
+                .next()
+                .unwrap_or(&g.model)
+                .trim_end_matches(".safetensors")
+                .to_string()
+        };
+        let stem = dir.join(format!("likelihood_{}_{name}", g.problem));
+        render!(&stem, (1240, 560 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((1, 2));
+            series_panel(
+                &panels[0],
+                &format!("{} ({name}): log p by the change of variables", g.problem),
+                ("NFE", "RMS error of log p (nats)"),
+                &a,
+            )?;
+            series_panel(
+                &panels[1],
+                &format!(
+                    "{} ({name}): KL of the sampler's law (its map's density)",
+                    g.problem
+                ),
+                ("NFE", "KL(q || p) (nats)"),
+                &b,
+            )?;
+        });
+    }
+    Ok(out)
+}

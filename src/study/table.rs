@@ -721,3 +721,163 @@ pub fn flow_maps(doc: &Doc<super::flow_maps::FlowMaps>) -> Vec<Table> {
     });
     tables
 }
+
+/// The likelihood tables: per unit, the ODE change-of-variables error (RMS of log p - exact, nats)
+/// per integrator and steps; Hutchinson's mean error and spread; the KL a sampler's discrete
+/// map implies per steps; the bounds' gaps below the exact log p_0.
+pub fn likelihood(doc: &Doc<super::likelihood::LikelihoodStudy>) -> Vec<Table> {
+    let mut tables = Vec::new();
+    let pm = |v: f64, se: f64| format!("{} ± {}", sci(v), sci(se));
+    for g in &doc.groups {
+        let pts: Vec<_> = doc.points.iter().filter(|p| p.unit == g.key).collect();
+        let model = if g.model == "exact" {
+            "exact mixture".to_string()
+        } else {
+            g.model.clone()
+        };
+        let steps: Vec<usize> = doc.config.steps.clone();
+        let mut header = vec!["integrator".to_string()];
+        header.extend(steps.iter().map(|n| format!("{n} steps")));
+        let mut rows = Vec::new();
+        for i in &doc.config.integrators {
+            let mut row = vec![i.clone()];
+            for &n in &steps {
+                row.push(
+                    pts.iter()
+                        .find(|p| {
+                            p.view == "ode"
+                                && &p.method == i
+                                && p.steps == n
+                                && p.divergence == "exact"
+                        })
+                        .map(|p| format!("{} ({})", sci(p.rms_error), p.nfe))
+                        .unwrap_or_default(),
+                );
+            }
+            rows.push(row);
+        }
+        for p in pts
+            .iter()
+            .filter(|p| p.view == "ode" && p.method == "reference" && p.divergence == "exact")
+        {
+            let mut row = vec![format!("reference, {} prior", p.prior)];
+            row.push(format!("{} ({})", sci(p.rms_error), p.nfe));
+            row.push(format!("mean {}", pm(p.error, p.error_se)));
+            row.resize(header.len(), String::new());
+            rows.push(row);
+        }
+        let bold = vec![vec![false; header.len()]; rows.len()];
+        tables.push(Table {
+            title: format!(
+                "{}, {model}: RMS error of log p_{{t_min}} (nats) by the change of variables, exact divergence (NFE in brackets), t_min = {}",
+                g.problem, g.t_min
+            ),
+            header,
+            rows,
+            bold,
+        });
+        let header: Vec<String> = [
+            "divergence",
+            "integrator",
+            "NFE",
+            "mean error",
+            "RMS error (spread)",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rows: Vec<Vec<String>> = pts
+            .iter()
+            .filter(|p| p.view == "ode" && p.divergence.starts_with("hutchinson"))
+            .map(|p| {
+                vec![
+                    p.divergence.replace("hutchinson:", "Hutchinson, probes "),
+                    format!(
+                        "{} {}",
+                        p.method,
+                        if p.method == "reference" {
+                            String::new()
+                        } else {
+                            format!("{} steps", p.steps)
+                        }
+                    ),
+                    p.nfe.to_string(),
+                    pm(p.error, p.error_se),
+                    sci(p.rms_error),
+                ]
+            })
+            .collect();
+        let bold = vec![vec![false; header.len()]; rows.len()];
+        tables.push(Table {
+            title: format!(
+                "{}, {model}: Hutchinson's estimator (Rademacher probes fixed along each path)",
+                g.problem
+            ),
+            header,
+            rows,
+            bold,
+        });
+        let ss = doc.config.sampler_steps.clone();
+        let mut header = vec!["sampler".to_string()];
+        header.extend(ss.iter().map(|n| format!("{n} steps")));
+        let rows: Vec<Vec<String>> = doc
+            .config
+            .samplers
+            .iter()
+            .map(|s| {
+                let mut row = vec![s.clone()];
+                for &n in &ss {
+                    row.push(
+                        pts.iter()
+                            .find(|p| p.view == "map" && &p.method == s && p.steps == n)
+                            .map(|p| pm(p.error, p.error_se))
+                            .unwrap_or_default(),
+                    );
+                }
+                row
+            })
+            .collect();
+        let bold = vec![vec![false; header.len()]; rows.len()];
+        tables.push(Table {
+            title: format!(
+                "{}, {model}: KL(q || p) of the sampler's law, from the density its discrete map implies (log p_T(x_T) - log|det J|), logsnr grid to t = 1e-3",
+                g.problem
+            ),
+            header,
+            rows,
+            bold,
+        });
+        let header: Vec<String> = ["bound", "prior", "NFE", "mean ELBO", "log p_0 - ELBO"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let rows: Vec<Vec<String>> = pts
+            .iter()
+            .filter(|p| p.view == "elbo")
+            .map(|p| {
+                vec![
+                    if p.method == "ddpm" {
+                        format!("DDPM, T = {}", p.steps)
+                    } else {
+                        "continuous (g^2 weighting)".into()
+                    },
+                    p.prior.clone(),
+                    p.nfe.to_string(),
+                    format!("{:.4}", p.mean),
+                    pm(-p.error, p.error_se),
+                ]
+            })
+            .collect();
+        let bold = vec![vec![false; header.len()]; rows.len()];
+        tables.push(Table {
+            title: format!(
+                "{}, {model}: variational bounds on log p_0 (exact mean log p_0 of the same points beside: see the ODE table's reference row)",
+                g.problem
+            ),
+            header,
+            rows,
+            bold,
+        });
+    }
+    tables
+}
