@@ -7,12 +7,14 @@ use pfode::study::ot_gap::{Config, OtGap};
 use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
-Defaults (the main study): --problems gauss4,ring2d,aniso16 --schedules vp-linear,vp-cosine,edm,flow
---samples 1000 --seed 1 --segments 8 --paths 48.
+Defaults (the main study): --problems gauss4,ring2d,aniso16,cross2d,edm2_tree2d
+--schedules vp-linear,vp-cosine,edm,flow --samples 1000 --seed 1 --segments 8 --paths 48
+--jacobians 200 --replicates 4.
 
 Writes one JSON document (kind \"ot_gap\"): per (problem, schedule) the cost of the flow's coupling
 (x_T, x_0), the optimal assignment cost of the same point sets, their gap, the closed-form W2^2 for
-single Gaussians, straightness and path-length excess, and for 2-D problems a few trajectories.
+single Gaussians, straightness and path-length excess, for 2-D problems a few trajectories, and the
+OT certificate: the asymmetry of the map's Jacobian (Brenier) and a lower bound on the cost gap.
 --resume, --shard and `merge` work as for `convergence`. Errors: one line on stderr, exit status 2.";
 
 #[derive(Parser)]
@@ -35,6 +37,12 @@ struct Args {
     /// Trajectories stored for 2-D problems (for the plots).
     #[arg(long)]
     paths: Option<usize>,
+    /// Samples whose map Jacobian is computed (the OT certificate; 0 for none).
+    #[arg(long)]
+    jacobians: Option<usize>,
+    /// Independent assignment replicates of the cost-gap lower bound.
+    #[arg(long)]
+    replicates: Option<usize>,
     #[command(flatten)]
     sweep: SweepArgs,
 }
@@ -50,6 +58,8 @@ fn main() {
         reference: args.reference.unwrap_or(main.reference),
         segments: args.segments.unwrap_or(main.segments),
         paths: args.paths.unwrap_or(main.paths),
+        jacobians: args.jacobians.unwrap_or(main.jacobians),
+        replicates: args.replicates.unwrap_or(main.replicates),
     };
     pfode::study::exit_on_error(args.sweep.run(&OtGap, &config, config.seed).map(|_| ()));
 }

@@ -9,6 +9,7 @@
 //! | `gauss4` | 4 | 1 | one full-covariance Gaussian, mean (1, -2, 0.5, 1.5), eigenvalues (2, 0.8, 0.3, 0.1) |
 //! | `mix64` | 64 | 16 | random weights, means ~ N(0, 4 I), eigenvalues log-spaced in [0.1, 1]; for performance work |
 //! | `gauss2c` | 2 | 2 | two classes of one Gaussian each, for closed forms: A (weight 0.6) mean (1.5, 0.5), covariance [[0.5, 0.2], [0.2, 0.3]]; B (0.4) mean (-1, -1), covariance [[0.3, -0.1], [-0.1, 0.6]] |
+//! | `cross2d` | 2 | 2 | two crossing stripes (non-commuting covariances, for the OT certificate): weights 1/2, means (-1, 0) and (1, 0), covariances R(+-pi/4) diag(1.5, 0.02) R(+-pi/4)^T = [[0.76, +-0.74], [+-0.74, 0.76]] |
 //! | `edm2_tree2d` | 2 | 2032 | the two-class (A, B) tree of the EDM2 toy example (Karras et al. 2024, `toy_example.py` `gt('AB')`), embedded from `results/problems/edm2_tree2d.json`, a copy of `../shared/data/edm2_tree2d.json` with its provenance |
 
 use crate::error::{Error, Result};
@@ -18,7 +19,7 @@ use std::f64::consts::PI;
 use std::path::Path;
 
 /// The problems generated in code (and written by [`write_builtins`]).
-pub const PROBLEMS: [&str; 5] = ["ring2d", "aniso16", "gauss4", "mix64", "gauss2c"];
+pub const PROBLEMS: [&str; 6] = ["ring2d", "aniso16", "gauss4", "mix64", "gauss2c", "cross2d"];
 
 /// Problems embedded from committed files (name, text); their files carry their own provenance.
 pub const EMBEDDED: [(&str, &str); 1] = [(
@@ -146,6 +147,15 @@ pub fn builtin(name: &str) -> Result<MixtureSpec> {
             }
         }
         "mix64" => random_mix(16, 64, 64),
+        "cross2d" => MixtureSpec {
+            weights: vec![0.5, 0.5],
+            means: vec![vec![-1.0, 0.0], vec![1.0, 0.0]],
+            covs: vec![
+                vec![vec![0.76, 0.74], vec![0.74, 0.76]],
+                vec![vec![0.76, -0.74], vec![-0.74, 0.76]],
+            ],
+            labels: vec!["A".into(), "B".into()],
+        },
         other => match EMBEDDED.iter().find(|(n, _)| *n == other) {
             Some((n, text)) => MixtureSpec::from_json(text, &format!("<built-in {n}>"))?,
             None => return Err(unknown(other)),

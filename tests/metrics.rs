@@ -116,10 +116,22 @@ fn ot_gap_vanishes_for_a_gaussian_and_straightness_matches_closed_form() {
         reference: "reference".into(),
         segments: 8,
         paths: 0,
+        jacobians: 16,
+        replicates: 2,
     };
     for unit in OtGap::units(&config).unwrap() {
         let (_, pts) = OtGap.run(&config, &unit).unwrap();
         let p = &pts[0];
+        // Brenier: the Gaussian's PF-ODE map is OT, its Jacobian symmetric positive definite.
+        let cert = p.certificate.as_ref().unwrap();
+        assert_eq!(cert.jacobians, 16);
+        assert!(
+            cert.asymmetry_max < 1e-10,
+            "{}: asymmetry {:e}",
+            unit.key,
+            cert.asymmetry_max
+        );
+        assert!(cert.min_sym_eig > 0.0 && cert.indefinite_fraction == 0.0);
         let bures = p.bures.unwrap();
         assert!(
             (p.flow_cost_exact.unwrap() / bures - 1.0).abs() < 1e-12,
@@ -314,4 +326,30 @@ fn knn_entropy_matches_closed_forms() {
     let h = entropy_knn(u.view(), 4).unwrap();
     assert!((h - 9f64.ln()).abs() < 0.05, "{h} vs {}", 9f64.ln());
     assert!(entropy_knn(z.slice(pfode::ndarray::s![..4, ..]), 4).is_err());
+}
+
+/// Crossing stripes: the PF-ODE map of `cross2d` is not the OT map, and its Jacobian says so.
+#[test]
+fn ot_certificate_detects_the_non_ot_map_of_crossing_stripes() {
+    let config = ot_gap::Config {
+        problems: vec!["cross2d".into(), "ring2d".into()],
+        schedules: vec!["vp-linear".into()],
+        samples: 200,
+        seed: 3,
+        reference: "reference".into(),
+        segments: 2,
+        paths: 0,
+        jacobians: 100,
+        replicates: 2,
+    };
+    let mut p90 = Vec::new();
+    for unit in OtGap::units(&config).unwrap() {
+        let (_, pts) = OtGap.run(&config, &unit).unwrap();
+        let cert = pts[0].certificate.clone().unwrap();
+        assert_eq!(cert.map.len(), 100);
+        println!("{}: {cert:?}", unit.key);
+        p90.push(cert.asymmetry_p90);
+    }
+    assert!(p90[0] > 0.05, "cross2d asymmetry p90 {}", p90[0]);
+    assert!(p90[1] > 0.01, "ring2d asymmetry p90 {}", p90[1]);
 }

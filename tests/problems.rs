@@ -166,7 +166,7 @@ fn malformed_files_name_the_field() {
     let err = problems::load("ring3d").unwrap_err().to_string();
     assert_eq!(
         err,
-        "unknown problem 'ring3d' (valid: ring2d, aniso16, gauss4, mix64, gauss2c, edm2_tree2d, or a .json file)"
+        "unknown problem 'ring3d' (valid: ring2d, aniso16, gauss4, mix64, gauss2c, cross2d, edm2_tree2d, or a .json file)"
     );
 }
 
@@ -220,6 +220,7 @@ fn cli_writes_the_builtins_atomically() {
         names,
         [
             "aniso16.json",
+            "cross2d.json",
             "gauss2c.json",
             "gauss4.json",
             "mix64.json",

@@ -20,6 +20,20 @@
 //!   The integrals use 16-point Gauss-Legendre on `segments` intervals uniform in lambda from
 //!   lambda(T) to sigma/alpha = 1e-4, plus the remaining interval to t_end by the rectangle rule.
 //! - For 2-D problems the first `paths` trajectories are stored at every node for the plots.
+//! - The OT certificate (Brenier): the Jacobian J of the reference map x_T -> x_end at the first
+//!   `jacobians` samples, by the variational equation ([`crate::tangent::map_jacobian`] with the
+//!   reference solver on the one step T -> t_end). An OT map is the gradient of a convex
+//!   function, so its J is symmetric PSD; `asymmetry` = ||J - J^T||_F / ||J||_F (median, 90th
+//!   percentile, max over samples) and the smallest eigenvalue of (J + J^T)/2 certify how far
+//!   the PF-ODE map is from OT pointwise. A single Gaussian gives asymmetry 0 to rounding. For
+//!   2-D problems the (x_end, asymmetry) pairs are stored for the map plot.
+//! - A lower bound on the cost gap E|T(x) - x|^2 - W2^2: the assignment cost between
+//!   *independent* draws of p_T and p_end (N each, `replicates` times) has expectation at least
+//!   W2^2 (W2^2 is jointly convex and the empirical measures average to the true ones), so
+//!   `gap_lower` = flow_cost - mean assignment cost underestimates the gap, and
+//!   `gap_lower_95` = gap_lower - 1.645 sqrt(se_flow^2 + se_ot^2) is a one-sided 95% lower
+//!   confidence bound. A positive `gap_lower_95` certifies a cost gap; the estimator's upward
+//!   bias in W2^2 (O(N^{-2/d}) and larger in high d) makes it inconclusive where it is negative.
 
 use super::convergence::range;
 use super::{seed_for, Keyed, Study, Unit};
@@ -45,21 +59,30 @@ pub struct Config {
     pub reference: String,
     pub segments: usize,
     pub paths: usize,
+    /// Samples whose map Jacobian is computed (the OT certificate).
+    #[serde(default)]
+    pub jacobians: usize,
+    /// Independent assignment replicates of the cost-gap lower bound.
+    #[serde(default)]
+    pub replicates: usize,
 }
 
 impl Config {
-    /// The main study: gauss4, ring2d, aniso16 x vp-linear, vp-cosine, edm, flow, 1000 samples,
-    /// seed 1, 8 quadrature segments, 48 stored paths.
+    /// The main study: gauss4, ring2d, aniso16, cross2d, edm2_tree2d x vp-linear, vp-cosine, edm,
+    /// flow, 1000 samples, seed 1, 8 quadrature segments, 48 stored paths, 200 Jacobians, 4
+    /// independent assignment replicates.
     pub fn main() -> Self {
         let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
         Config {
-            problems: v(&["gauss4", "ring2d", "aniso16"]),
+            problems: v(&["gauss4", "ring2d", "aniso16", "cross2d", "edm2_tree2d"]),
             schedules: v(&["vp-linear", "vp-cosine", "edm", "flow"]),
             samples: 1000,
             seed: 1,
             reference: "reference".into(),
             segments: 8,
             paths: 48,
+            jacobians: 200,
+            replicates: 4,
         }
     }
 }
@@ -96,6 +119,30 @@ pub struct Point {
     pub path_excess: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trajectories: Option<Trajectories>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
+}
+
+/// The OT certificate of one (problem, schedule): see the module doc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub jacobians: usize,
+    pub asymmetry_median: f64,
+    pub asymmetry_p90: f64,
+    pub asymmetry_max: f64,
+    /// The smallest eigenvalue of (J + J^T)/2 over the samples.
+    pub min_sym_eig: f64,
+    /// The fraction of samples whose symmetric part is not positive definite.
+    pub indefinite_fraction: f64,
+    pub flow_cost_se: f64,
+    /// Mean assignment cost of independent draws (an over-estimate of W2^2) and its SE.
+    pub ot_independent: f64,
+    pub ot_independent_se: f64,
+    pub gap_lower: f64,
+    pub gap_lower_95: f64,
+    /// For 2-D problems: (x_end_1, x_end_2, asymmetry) per Jacobian sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub map: Vec<[f64; 3]>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -253,6 +300,81 @@ impl Study for OtGap {
             let img = solver::integrate(r.solver.as_mut(), &model, &grid, probes.view())?;
             by_reference = Some(p_t.coupling_cost(&p_t.pushed(img.view())?));
         }
+        let certificate = if config.jacobians > 0 {
+            let m = config.jacobians.min(n);
+            let two = Grid::explicit(vec![t0, t_end], "ot_gap map", s)?;
+            let mut r = solver::build(&config.reference, &env)?;
+            let (x_end, jac) = crate::tangent::map_jacobian(
+                r.solver.as_mut(),
+                &mixture,
+                s,
+                &two,
+                x_t.slice(ndarray::s![..m, ..]),
+            )?;
+            let stats: Vec<crate::tangent::JacobianStats> = jac
+                .axis_iter(Axis(0))
+                .map(crate::tangent::JacobianStats::of)
+                .collect::<Result<_>>()?;
+            let mut asym: Vec<f64> = stats.iter().map(|st| st.asymmetry).collect();
+            let map = if crate::Oracle::dim(&mixture) == 2 {
+                (0..m)
+                    .map(|i| [x_end[(i, 0)], x_end[(i, 1)], asym[i]])
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            asym.sort_by(f64::total_cmp);
+            let q = |p: f64| asym[((p * (m - 1) as f64).round() as usize).min(m - 1)];
+            let mean_f = flow_cost;
+            let var_f = chord2.iter().map(|c| (c - mean_f).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let se_f = (var_f / n as f64).sqrt();
+            let costs: Vec<f64> = (0..config.replicates)
+                .map(|r| {
+                    let key = format!("{}/independent/{r}", unit.key);
+                    let a = mixture.sample(
+                        n,
+                        at0.alpha,
+                        at0.sigma,
+                        seed_for(config.seed, &format!("{key}/T")),
+                    );
+                    let b = mixture.sample(
+                        n,
+                        at_end.alpha,
+                        at_end.sigma,
+                        seed_for(config.seed, &format!("{key}/end")),
+                    );
+                    assignment_cost(a.view(), b.view())
+                })
+                .collect::<Result<_>>()?;
+            let rr = costs.len().max(1) as f64;
+            let ot = costs.iter().sum::<f64>() / rr;
+            let se_ot = if costs.len() > 1 {
+                (costs.iter().map(|c| (c - ot).powi(2)).sum::<f64>() / (rr - 1.0) / rr).sqrt()
+            } else {
+                f64::NAN
+            };
+            let gap_lower = flow_cost - ot;
+            Some(Certificate {
+                jacobians: m,
+                asymmetry_median: q(0.5),
+                asymmetry_p90: q(0.9),
+                asymmetry_max: asym[m - 1],
+                min_sym_eig: stats
+                    .iter()
+                    .map(|st| st.min_sym_eig)
+                    .fold(f64::INFINITY, f64::min),
+                indefinite_fraction: stats.iter().filter(|st| st.min_sym_eig <= 0.0).count() as f64
+                    / m as f64,
+                flow_cost_se: se_f,
+                ot_independent: ot,
+                ot_independent_se: se_ot,
+                gap_lower,
+                gap_lower_95: gap_lower - 1.645 * (se_f * se_f + se_ot * se_ot).sqrt(),
+                map,
+            })
+        } else {
+            None
+        };
         let trajectories = (crate::Oracle::dim(&mixture) == 2).then(|| Trajectories {
             times: times.clone(),
             paths: (0..config.paths.min(n))
@@ -277,6 +399,7 @@ impl Study for OtGap {
             straightness,
             path_excess,
             trajectories,
+            certificate,
         };
         Ok((
             Group {

@@ -635,6 +635,65 @@ pub fn ot_gap(doc: &Doc<OtGap>, dir: &Path) -> Result<Vec<PathBuf>> {
             }
         });
     }
+    for problem in &problems {
+        let rows: Vec<_> = pts
+            .iter()
+            .filter(|p| &p.problem == problem)
+            .filter_map(|p| Some((p, p.certificate.as_ref().filter(|c| !c.map.is_empty())?)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let logs = rows
+            .iter()
+            .flat_map(|(_, c)| c.map.iter().map(|q| q[2].max(1e-16).log10()));
+        let (lo, hi) = logs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+        let span = (hi - lo).max(1e-9);
+        let stem = dir.join(format!("ot_asymmetry_{problem}"));
+        let size = (300 * rows.len() as u32 + 40, 360u32 + 36);
+        render!(&stem, size, out, |root| {
+            let main = footer_captioned(
+                &root,
+                &doc.provenance,
+                format!(
+                    "colour: log10 ||J - J^T||_F / ||J||_F of the PF-ODE map x_T -> x_end at x_end, viridis from {lo:.2} (dark) to {hi:.2} (yellow); 0 for an OT map (Brenier)"
+                ),
+            )?;
+            let panels = main.split_evenly((1, rows.len()));
+            for ((p, c), panel) in rows.iter().zip(panels.iter()) {
+                let r = c
+                    .map
+                    .iter()
+                    .map(|q| q[0].abs().max(q[1].abs()))
+                    .fold(0.0, f64::max)
+                    * 1.1;
+                let title = format!(
+                    "{problem}, {}: median {:.1e}, p90 {:.1e}",
+                    p.schedule, c.asymmetry_median, c.asymmetry_p90
+                );
+                let mut chart = ChartBuilder::on(panel)
+                    .caption(title, ("sans-serif", 12))
+                    .margin(6)
+                    .x_label_area_size(24)
+                    .y_label_area_size(30)
+                    .build_cartesian_2d(-r..r, -r..r)
+                    .map_err(err)?;
+                chart
+                    .configure_mesh()
+                    .label_style(("sans-serif", 10))
+                    .draw()
+                    .map_err(err)?;
+                chart
+                    .draw_series(c.map.iter().map(|q| {
+                        let u = (q[2].max(1e-16).log10() - lo) / span;
+                        Circle::new((q[0], q[1]), 3, gradient(u).filled())
+                    }))
+                    .map_err(err)?;
+            }
+        });
+    }
     Ok(out)
 }
 
