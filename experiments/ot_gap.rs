@@ -7,9 +7,9 @@ use pfode::study::ot_gap::{Config, OtGap};
 use pfode::study::SweepArgs;
 
 const AFTER: &str = "\
-Defaults (the main study): --problems gauss4,ring2d,aniso16,cross2d,edm2_tree2d
+Defaults (the main study): --problems gauss4,ring2d,aniso16,cross2d
 --schedules vp-linear,vp-cosine,edm,flow --samples 1000 --seed 1 --segments 8 --paths 48
---jacobians 200 --replicates 4.
+--jacobians 200 --replicates 4 --map-only edm2_tree2d (`--map-only ''` for none).
 
 Writes one JSON document (kind \"ot_gap\"): per (problem, schedule) the cost of the flow's coupling
 (x_T, x_0), the optimal assignment cost of the same point sets, their gap, the closed-form W2^2 for
@@ -43,6 +43,9 @@ struct Args {
     /// Independent assignment replicates of the cost-gap lower bound.
     #[arg(long)]
     replicates: Option<usize>,
+    /// Problems whose map is only certified (first schedule, --jacobians samples).
+    #[arg(long, value_delimiter = ',')]
+    map_only: Option<Vec<String>>,
     #[command(flatten)]
     sweep: SweepArgs,
 }
@@ -60,6 +63,10 @@ fn main() {
         paths: args.paths.unwrap_or(main.paths),
         jacobians: args.jacobians.unwrap_or(main.jacobians),
         replicates: args.replicates.unwrap_or(main.replicates),
+        map_only: args
+            .map_only
+            .map(|v| v.into_iter().filter(|s| !s.is_empty()).collect())
+            .unwrap_or(main.map_only),
     };
     pfode::study::exit_on_error(args.sweep.run(&OtGap, &config, config.seed).map(|_| ()));
 }

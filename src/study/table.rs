@@ -253,9 +253,13 @@ pub fn ot_gap(doc: &Doc<OtGap>) -> Vec<Table> {
                 format!("{:.3e}", c.min_sym_eig),
                 format!("{:.1}%", 100.0 * c.indefinite_fraction),
                 format!("{:.4} ± {:.4}", p.flow_cost, c.flow_cost_se),
-                format!("{:.4} ± {:.4}", c.ot_independent, c.ot_independent_se),
-                format!("{:.4}", c.gap_lower),
-                format!("{:.4}", c.gap_lower_95),
+                c.ot_independent
+                    .map(|o| format!("{o:.4} ± {:.4}", c.ot_independent_se.unwrap_or(f64::NAN)))
+                    .unwrap_or_default(),
+                c.gap_lower.map(|g| format!("{g:.4}")).unwrap_or_default(),
+                c.gap_lower_95
+                    .map(|g| format!("{g:.4}"))
+                    .unwrap_or_default(),
             ])
         })
         .collect();
