@@ -137,3 +137,20 @@ fn flow_maps_results_match_the_code() {
         assert_eq!(g.panel.as_ref().map(Vec::len), want, "{}", g.key);
     }
 }
+
+#[test]
+fn likelihood_results_match_the_code() {
+    use pfode::study::likelihood::{self as lik, LikelihoodStudy};
+    let doc = committed::<LikelihoodStudy>("results/likelihood.json");
+    same_config(&doc, &lik::Config::main());
+    recompute(&LikelihoodStudy, &doc, "gauss4|exact");
+    // The reference change of variables is exact to 1e-9 on every exact-mixture unit.
+    for p in doc.points.iter().filter(|p| {
+        p.unit.ends_with("|exact")
+            && p.method == "reference"
+            && p.divergence == "exact"
+            && p.prior == "exact"
+    }) {
+        assert!(p.rms_error < 1e-8, "{}: {}", p.key, p.rms_error);
+    }
+}
