@@ -3,7 +3,9 @@
 //! Data flows one way: [`schedule`] -> [`prediction`] -> [`oracle`] (the exact [`gmm`] mixture,
 //! the closed-form [`gaussian_flow`], the [`nn`] MLP; mixture and MLP also on a GPU with the
 //! `cuda` feature) -> [`solver`] over a [`grid`] (and [`flow_map`]: the exact solution map, solvers
-//! as maps, learned and distilled two-time networks) -> metrics -> experiments.
+//! as maps, learned and distilled two-time networks) -> metrics -> experiments; [`tangent`] and
+//! [`likelihood`] differentiate the flow (Jacobians,
+//! the change of variables, variational bounds, the OT certificate).
 
 pub mod brownian;
 #[cfg(feature = "cuda")]
