@@ -520,7 +520,21 @@ fn kl_isotropic(m: ArrayView2<f64>, s2: f64, p2: f64) -> Array1<f64> {
         .collect()
 }
 
-/// The DDPM ELBO on log p_{t_min}(x) with `steps` = T discrete steps (see the module doc).
+/// Whether alpha^2 + sigma^2 = 1 (to 1e-12) at 65 times across the schedule's range: the DDPM
+/// bound's posterior q(x_{i-1} | x_i, x_0) assumes it.
+pub fn variance_preserving(schedule: &dyn Schedule) -> bool {
+    let (a, b) = (
+        schedule.t_min(),
+        crate::study::convergence::range(schedule).0,
+    );
+    (0..=64).all(|k| {
+        let t = a + (b - a) * k as f64 / 64.0;
+        (schedule.alpha(t).powi(2) + schedule.sigma(t).powi(2) - 1.0).abs() < 1e-12
+    })
+}
+
+/// The DDPM ELBO on log p_{t_min}(x) with `steps` = T discrete steps (see the module doc); an
+/// error on a schedule that is not variance-preserving.
 #[allow(clippy::too_many_arguments)]
 pub fn elbo_ddpm(
     oracle: &dyn Oracle,
@@ -535,6 +549,12 @@ pub fn elbo_ddpm(
     check_points(oracle, x, replicates)?;
     if steps == 0 {
         return Err(Error::Domain("the DDPM bound needs >= 1 step".into()));
+    }
+    if !variance_preserving(schedule) {
+        return Err(Error::Domain(format!(
+            "the DDPM bound needs a variance-preserving schedule (alpha^2 + sigma^2 = 1); '{}' is not",
+            schedule.spec()
+        )));
     }
     let (n, d) = x.dim();
     let times: Vec<f64> = (0..=steps)

@@ -464,6 +464,19 @@ mod likelihood {
         .is_err());
         assert!(Divergence::parse("hutchinson:probes=0").is_err());
         assert!(Integrator::parse("rk5").is_err());
+        let edm = schedule::parse("edm").unwrap();
+        let e = pfode::likelihood::elbo_ddpm(
+            &m,
+            edm.as_ref(),
+            x.view(),
+            (0.0, 80.0),
+            Prior::Exact,
+            Some(&m),
+            (10, 1),
+            0,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("variance-preserving"), "{e}");
     }
 }
 
@@ -694,8 +707,28 @@ fn likelihood_study_unit_on_gauss4() {
     assert_eq!(units.len(), 1);
     let (g, pts) = LikelihoodStudy.run(&c, &units[0]).unwrap();
     assert_eq!(g.t_min, 0.0);
-    // 3 priors + 3 integrators x 2 steps + 1 probe count x 2 + 1 sampler + 2 x (1 + 1) bounds.
-    assert_eq!(pts.len(), 3 + 6 + 2 + 1 + 4);
+    // 3 priors + 3 integrators x 2 steps + 1 probe count x 2 + 1 sampler + 2 x (1 + 1) bounds,
+    // then the continuous bound on vp-cosine, edm and flow and DDPM on vp-cosine.
+    assert_eq!(pts.len(), 3 + 6 + 2 + 1 + 4 + 4);
+    let extra: Vec<&str> = pts
+        .iter()
+        .map(|p| p.schedule.as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(extra.len(), 4);
+    for p in pts
+        .iter()
+        .filter(|p| !p.schedule.is_empty() && p.method == "continuous")
+    {
+        // Tight on every schedule with the exact score and prior (20 points, 2 replicates).
+        assert!(
+            p.error.abs() < 5.0 * p.error_se + 0.05,
+            "{}: {} +- {}",
+            p.schedule,
+            p.error,
+            p.error_se
+        );
+    }
     let reference = &pts[0];
     assert!(reference.rms_error < 1e-9, "{}", reference.rms_error);
     let rk4 = pts

@@ -17,7 +17,8 @@
 //!   Monte Carlo, without density estimation.
 //! - `elbo`: the continuous-time bound and the DDPM bound at T steps, with the exact and the
 //!   standard prior, on clean draws x0 ~ p_0 (for a network the lambda integral stops at t_net):
-//!   the mean bound, and its gap below the exact log p_0.
+//!   the mean bound, and its gap below the exact log p_0; for the exact mixture also on the
+//!   `elbo_schedules` (exact prior; DDPM only where the schedule is variance-preserving).
 
 use super::{seed_for, Keyed, Study, Unit};
 use crate::error::{Error, Result};
@@ -47,6 +48,10 @@ pub struct Config {
     pub samplers: Vec<String>,
     pub sampler_steps: Vec<usize>,
     pub ddpm_steps: Vec<usize>,
+    /// Further schedules on which the exact-mixture units compute the bounds (the DDPM bound only
+    /// on variance-preserving ones).
+    #[serde(default)]
+    pub elbo_schedules: Vec<String>,
     pub replicates: usize,
     pub panels: usize,
 }
@@ -71,6 +76,7 @@ impl Config {
             samplers: v(&["ddim", "dpm-solver++:order=2", "unipc:order=2", "heun"]),
             sampler_steps: vec![4, 8, 16, 32],
             ddpm_steps: vec![10, 100, 1000],
+            elbo_schedules: v(&["vp-cosine", "edm", "flow"]),
             replicates: 8,
             panels: 16,
         }
@@ -107,6 +113,9 @@ pub struct Point {
     pub error_se: f64,
     /// RMS of the value minus the exact log p.
     pub rms_error: f64,
+    /// The schedule of an `elbo` point from `elbo_schedules` (empty: the study's schedule).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schedule: String,
 }
 
 impl Keyed for Group {
@@ -138,6 +147,7 @@ fn stats(err: &Array1<f64>) -> (f64, f64, f64) {
 
 struct Ctx<'a> {
     unit: &'a str,
+    schedule: String,
     points: Vec<Point>,
 }
 
@@ -159,7 +169,14 @@ impl Ctx<'_> {
         let (e, e_se, rms) = stats(&err);
         self.points.push(Point {
             unit: self.unit.into(),
-            key: format!("{}|{view}|{method}|{steps}|{divergence}|{prior}", self.unit),
+            key: if self.schedule.is_empty() {
+                format!("{}|{view}|{method}|{steps}|{divergence}|{prior}", self.unit)
+            } else {
+                format!(
+                    "{}|{view}|{method}|{steps}|{divergence}|{prior}|{}",
+                    self.unit, self.schedule
+                )
+            },
             view: view.into(),
             method: method.into(),
             steps,
@@ -170,6 +187,7 @@ impl Ctx<'_> {
             error: e,
             error_se: se.unwrap_or(e_se),
             rms_error: rms,
+            schedule: self.schedule.clone(),
         });
     }
 }
@@ -256,6 +274,7 @@ impl Study for LikelihoodStudy {
         let exact = mixture.log_density(x.view(), &s.level(t_min))?;
         let mut ctx = Ctx {
             unit: &unit.key,
+            schedule: String::new(),
             points: Vec::new(),
         };
         let ll = |integrator: &str, steps: usize, div: &Divergence, prior: Prior| {
@@ -401,6 +420,61 @@ impl Study for LikelihoodStudy {
                     &exact0,
                     Some(bound_se(&b.se)),
                 );
+            }
+        }
+        if net.is_none() {
+            for spec in &config.elbo_schedules {
+                let other = schedule::parse(spec)?;
+                let so: &dyn Schedule = other.as_ref();
+                let range = (so.t_min(), super::convergence::range(so).0);
+                ctx.schedule = so.spec();
+                let b = likelihood::elbo_continuous(
+                    &mixture,
+                    so,
+                    x0.view(),
+                    range,
+                    Prior::Exact,
+                    Some(&mixture),
+                    (config.panels, config.replicates),
+                    seed_for(config.seed, &unit.key),
+                )?;
+                let steps = config.panels * 16;
+                ctx.push(
+                    "elbo",
+                    "continuous",
+                    steps,
+                    b.nfe,
+                    "",
+                    "exact",
+                    &b.elbo,
+                    &exact0,
+                    Some(bound_se(&b.se)),
+                );
+                if likelihood::variance_preserving(so) {
+                    for &n in &config.ddpm_steps {
+                        let b = likelihood::elbo_ddpm(
+                            &mixture,
+                            so,
+                            x0.view(),
+                            range,
+                            Prior::Exact,
+                            Some(&mixture),
+                            (n, config.replicates),
+                            seed_for(config.seed, &unit.key),
+                        )?;
+                        ctx.push(
+                            "elbo",
+                            "ddpm",
+                            n,
+                            b.nfe,
+                            "",
+                            "exact",
+                            &b.elbo,
+                            &exact0,
+                            Some(bound_se(&b.se)),
+                        );
+                    }
+                }
             }
         }
         let group = Group {

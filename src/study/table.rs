@@ -909,11 +909,19 @@ pub fn likelihood(doc: &Doc<super::likelihood::LikelihoodStudy>) -> Vec<Table> {
             .filter(|p| p.view == "elbo")
             .map(|p| {
                 vec![
-                    if p.method == "ddpm" {
-                        format!("DDPM, T = {}", p.steps)
-                    } else {
-                        "continuous (g^2 weighting)".into()
-                    },
+                    format!(
+                        "{}{}",
+                        if p.method == "ddpm" {
+                            format!("DDPM, T = {}", p.steps)
+                        } else {
+                            "continuous (g^2 weighting)".into()
+                        },
+                        if p.schedule.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {}", p.schedule)
+                        }
+                    ),
                     p.prior.clone(),
                     p.nfe.to_string(),
                     format!("{:.4}", p.mean),
