@@ -208,6 +208,10 @@ fn plots_and_tables_from_both_studies() {
             "2",
             "--paths",
             "5",
+            "--jacobians",
+            "8",
+            "--map-only",
+            "",
             "--out",
             &o,
         ],
@@ -218,6 +222,8 @@ fn plots_and_tables_from_both_studies() {
     let p = &doc["points"][0];
     assert!(p["gap"].as_f64().unwrap() >= -1e-12 * p["flow_cost"].as_f64().unwrap());
     assert_eq!(p["trajectories"]["paths"].as_array().unwrap().len(), 5);
+    assert_eq!(doc["points"].as_array().unwrap().len(), 1);
+    assert_eq!(p["certificate"]["jacobians"], 8);
     let plots = dir.join("plots");
     let tables = dir.join("tables");
     let (pd, td) = (plots.display().to_string(), tables.display().to_string());
