@@ -8,7 +8,7 @@ use clap::Parser;
 use pfode::grid::Grid;
 use pfode::io::Outputs;
 use pfode::likelihood::{log_likelihood, Divergence, Integrator, Method, Prior};
-use pfode::ndarray::Array1;
+use pfode::metrics::mean_se;
 use pfode::nn::weights;
 use pfode::{io, limits, problems, schedule, Error, GaussianMixture, Oracle, Result};
 use serde_json::json;
@@ -67,13 +67,6 @@ struct Args {
     prior: Option<String>,
     #[arg(long)]
     out: PathBuf,
-}
-
-fn mean_se(v: &Array1<f64>) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.sum() / n;
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (m, (var / n).sqrt())
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -183,7 +176,7 @@ fn run(args: &Args) -> Result<()> {
         .as_ref()
         .map(|m| m.log_density(x.view(), &s.level(t_min)))
         .transpose()?;
-    let (lp, lp_se) = mean_se(&l.log_p);
+    let lp = mean_se(&l.log_p.to_vec());
     let mut doc = json!({
         "kind": "likelihood",
         "provenance": pfode::study::Provenance::now(args.seed.unwrap_or(0)),
@@ -199,18 +192,18 @@ fn run(args: &Args) -> Result<()> {
         "prior": method.prior.to_string(),
         "nfe": l.nfe,
         "n": x.nrows(),
-        "mean_log_p": lp,
-        "mean_log_p_se": lp_se,
+        "mean_log_p": lp.value,
+        "mean_log_p_se": lp.se,
         "mean_bits_per_dim": bpd.mean(),
         "log_p": l.log_p.to_vec(),
         "bits_per_dim": bpd.to_vec(),
     });
     if let Some(exact) = exact {
         let err = &l.log_p - &exact;
-        let (e, e_se) = mean_se(&err);
+        let e = mean_se(&err.to_vec());
         doc["exact_log_p"] = json!(exact.to_vec());
-        doc["mean_error"] = json!(e);
-        doc["mean_error_se"] = json!(e_se);
+        doc["mean_error"] = json!(e.value);
+        doc["mean_error_se"] = json!(e.se);
         doc["max_abs_error"] = json!(err.iter().fold(0.0f64, |a, b| a.max(b.abs())));
     }
     outputs.set(slot, serde_json::to_vec_pretty(&doc).expect("json"));

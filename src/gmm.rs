@@ -27,7 +27,8 @@
 //!
 //! tr J = sum_k r_k (sum_j g_kj + y_k . s_k) - y . s,
 //!
-//! O(K d) per point beyond the projections z_k that the prediction itself needs.
+//! O(K d) per point beyond the rotations into and out of each eigenbasis (z_k, and y, s) that
+//! the prediction itself needs.
 //!
 //! File format (JSON): `{"weights": [K], "means": [[d], ...], "covs": [[[d x d]], ...]}`,
 //! plus optional `"name"` (string) and `"provenance"` (object), which are ignored.
@@ -1060,18 +1061,18 @@ impl GaussianMixture {
     }
 }
 
-/// One component's constants at a level, for the Jacobian: mu, U, D, g, c = U^T mu, M = U diag(g) U^T.
-struct TangentLevel {
+/// One component at a level, for the Jacobian: the component (mu, U), 1/D, g, c = U^T mu and
+/// M = U diag(g) U^T.
+struct TangentLevel<'a> {
+    comp: &'a Component,
     log_norm: f64,
-    mean: Array1<f64>,
-    u: Array2<f64>,
     inv_d: Array1<f64>,
     gain: Array1<f64>,
     c: Array1<f64>,
-    m: Option<Array2<f64>>,
+    m: Array2<f64>,
 }
 
-/// Per point, what the Jacobian and the divergence need: responsibilities, z_k, y_k, s_k.
+/// Per point, what the Jacobian and the divergence need: responsibilities and z_k.
 struct PointTerms {
     r: Vec<f64>,
     z: Vec<Array1<f64>>,
@@ -1082,8 +1083,7 @@ impl GaussianMixture {
         &self,
         kind: Prediction,
         at: &NoiseLevel,
-        full: bool,
-    ) -> Result<(Vec<TangentLevel>, f64)> {
+    ) -> Result<(Vec<TangentLevel<'_>>, f64)> {
         Self::check_level(at)?;
         let (a, b) = kind.coefficients(at);
         if !(a.is_finite() && b.is_finite()) {
@@ -1102,18 +1102,14 @@ impl GaussianMixture {
                 let gain = Zip::from(&comp.l)
                     .and(&dd)
                     .map_collect(|&l, &dj| (a * at.alpha * l - b) / dj);
-                let m = full.then(|| {
-                    let ug = &comp.u * &gain.view().insert_axis(Axis(0));
-                    ug.dot(&comp.u.t())
-                });
+                let ug = &comp.u * &gain.view().insert_axis(Axis(0));
                 TangentLevel {
+                    comp,
                     log_norm: self.log_w[k] - 0.5 * dd.mapv(f64::ln).sum(),
                     c: comp.u.t().dot(&comp.mean),
-                    mean: comp.mean.clone(),
-                    u: comp.u.clone(),
                     inv_d: dd.mapv(f64::recip),
+                    m: ug.dot(&comp.u.t()),
                     gain,
-                    m,
                 }
             })
             .collect();
@@ -1125,9 +1121,9 @@ impl GaussianMixture {
         let mut logit = Vec::with_capacity(levels.len());
         for lv in levels {
             let r = Zip::from(&x)
-                .and(&lv.mean)
+                .and(&lv.comp.mean)
                 .map_collect(|&x, &mu| x - alpha * mu);
-            let zk = lv.u.t().dot(&r);
+            let zk = lv.comp.u.t().dot(&r);
             let quad: f64 = zk.iter().zip(&lv.inv_d).map(|(z, i)| z * z * i).sum();
             logit.push(lv.log_norm - 0.5 * quad);
             z.push(zk);
@@ -1141,8 +1137,22 @@ impl GaussianMixture {
 
     /// (y_k, s_k) of one component at a point, back in the original basis.
     fn component_pair(lv: &TangentLevel, z: &Array1<f64>, a: f64) -> (Array1<f64>, Array1<f64>) {
-        let s = -lv.u.dot(&(z * &lv.inv_d));
-        let y = lv.u.dot(&(z * &lv.gain)) + &lv.mean * a;
+        let s = -lv.comp.u.dot(&(z * &lv.inv_d));
+        let y = lv.comp.u.dot(&(z * &lv.gain)) + &lv.comp.mean * a;
+        (y, s)
+    }
+
+    /// y = sum_k r_k y_k and s = sum_k r_k s_k with the per-component pairs.
+    fn mixed(
+        pt: &PointTerms,
+        pairs: &[(Array1<f64>, Array1<f64>)],
+        d: usize,
+    ) -> (Array1<f64>, Array1<f64>) {
+        let (mut y, mut s) = (Array1::<f64>::zeros(d), Array1::<f64>::zeros(d));
+        for (r, (yk, sk)) in pt.r.iter().zip(pairs) {
+            y.scaled_add(*r, yk);
+            s.scaled_add(*r, sk);
+        }
         (y, s)
     }
 
@@ -1155,7 +1165,7 @@ impl GaussianMixture {
         mut out: ArrayViewMut3<f64>,
     ) -> Result<()> {
         crate::oracle::check_jacobian(self.dim(), &x, out.dim())?;
-        let (levels, a) = self.tangent_levels(kind, at, true)?;
+        let (levels, a) = self.tangent_levels(kind, at)?;
         let d = self.dim();
         Zip::from(x.rows())
             .and(out.outer_iter_mut())
@@ -1168,14 +1178,10 @@ impl GaussianMixture {
                     .zip(&pt.z)
                     .map(|(lv, z)| Self::component_pair(lv, z, a))
                     .collect();
-                let (mut y, mut s) = (Array1::<f64>::zeros(d), Array1::<f64>::zeros(d));
-                for (r, (yk, sk)) in pt.r.iter().zip(&pairs) {
-                    y.scaled_add(*r, yk);
-                    s.scaled_add(*r, sk);
-                }
+                let (y, s) = Self::mixed(&pt, &pairs, d);
                 j.fill(0.0);
                 for ((r, (yk, sk)), lv) in pt.r.iter().zip(&pairs).zip(&levels) {
-                    j.scaled_add(*r, lv.m.as_ref().expect("full level"));
+                    j.scaled_add(*r, &lv.m);
                     let (dy, ds) = (yk - &y, sk - &s);
                     for p in 0..d {
                         for q in 0..d {
@@ -1203,7 +1209,7 @@ impl GaussianMixture {
                 out.len()
             )));
         }
-        let (levels, a) = self.tangent_levels(kind, at, false)?;
+        let (levels, a) = self.tangent_levels(kind, at)?;
         let d = self.dim();
         Zip::from(x.rows())
             .and(&mut out)
@@ -1222,13 +1228,12 @@ impl GaussianMixture {
                             .sum::<f64>();
                     tr += r * (lv.gain.sum() + ys);
                 }
-                // y = sum_k r_k (a mu_k + U_k g_k z_k), s = -sum_k r_k U_k (z_k / D_k): both need
-                // the rotations back, accumulated per component.
-                let (mut y, mut s) = (Array1::<f64>::zeros(d), Array1::<f64>::zeros(d));
-                for ((r, z), lv) in pt.r.iter().zip(&pt.z).zip(&levels) {
-                    y.scaled_add(*r, &(lv.u.dot(&(z * &lv.gain)) + &lv.mean * a));
-                    s.scaled_add(-*r, &lv.u.dot(&(z * &lv.inv_d)));
-                }
+                let pairs: Vec<_> = levels
+                    .iter()
+                    .zip(&pt.z)
+                    .map(|(lv, z)| Self::component_pair(lv, z, a))
+                    .collect();
+                let (y, s) = Self::mixed(&pt, &pairs, d);
                 *o = tr - y.dot(&s);
             });
         Ok(())

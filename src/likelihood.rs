@@ -184,15 +184,6 @@ impl Integrator {
         spec.finish()?;
         Ok(i)
     }
-
-    fn tableau(&self) -> Option<&'static Tableau> {
-        match self {
-            Integrator::Reference { .. } => None,
-            Integrator::Euler => Some(&EULER_TABLEAU),
-            Integrator::Heun => Some(&HEUN_TABLEAU),
-            Integrator::Rk4 => Some(&RK4_TABLEAU),
-        }
-    }
 }
 
 /// What a likelihood evaluation is made of.
@@ -311,28 +302,21 @@ pub fn log_likelihood(
     let mut y0 = Array2::zeros((n, d + 1));
     y0.slice_mut(s![.., ..d]).assign(&x);
     let (t0, t1) = (times[0], times[times.len() - 1]);
-    let y = match integrator.tableau() {
-        None => {
-            let Integrator::Reference { rtol, atol } = integrator else {
-                unreachable!()
-            };
+    let y = match integrator {
+        Integrator::Reference { rtol, atol } => {
             dop853::integrate(field, t0, t1, y0.view(), *rtol, *atol, 1_000_000)?.0
         }
-        Some(tab) => fixed_steps(tab, field, times, y0)?,
+        Integrator::Euler => fixed_steps(&EULER_TABLEAU, field, times, y0)?,
+        Integrator::Heun => fixed_steps(&HEUN_TABLEAU, field, times, y0)?,
+        Integrator::Rk4 => fixed_steps(&RK4_TABLEAU, field, times, y0)?,
     };
     let latent = y.slice(s![.., ..d]).to_owned();
     let delta = y.column(d).to_owned();
     let at_t = schedule.level(t1);
     let at_min = schedule.level(t0);
     let (log_prior, shift) = match prior {
-        Prior::Exact => (
-            mixture
-                .expect("checked")
-                .log_density(latent.view(), &at_t)?,
-            0.0,
-        ),
-        Prior::Standard => (
-            isotropic_log_density(latent.view(), at_t.sigma * at_t.sigma),
+        Prior::Exact | Prior::Standard => (
+            prior_log_density(prior, mixture, latent.view(), &at_t)?,
             0.0,
         ),
         Prior::KDiffusion => {
@@ -368,10 +352,11 @@ where
 {
     let stages = tab.b.len();
     let mut k: Vec<Array2<f64>> = vec![Array2::zeros(y.dim()); stages];
+    let mut point = Array2::zeros(y.dim());
     for w in times.windows(2) {
         let (t, h) = (w[0], w[1] - w[0]);
         for i in 0..stages {
-            let mut point = y.clone();
+            point.assign(&y);
             if i > 0 {
                 for (j, &a) in tab.a[i - 1].iter().enumerate() {
                     if a != 0.0 {
@@ -379,9 +364,7 @@ where
                     }
                 }
             }
-            let mut ki = Array2::zeros(y.dim());
-            field(t + tab.c[i] * h, point.view(), ki.view_mut())?;
-            k[i] = ki;
+            field(t + tab.c[i] * h, point.view(), k[i].view_mut())?;
         }
         for (kb, &b) in k.iter().zip(tab.b) {
             y.scaled_add(h * b, kb);
@@ -419,7 +402,7 @@ fn over_replicates(r: &Array2<f64>) -> (Array1<f64>, Array1<f64>) {
     (mean, se)
 }
 
-fn log_prior(
+fn prior_log_density(
     prior: Prior,
     mixture: Option<&GaussianMixture>,
     x_t: ArrayView2<f64>,
@@ -494,7 +477,7 @@ pub fn elbo_continuous(
         let rs = crate::rng::seed_for(seed, &format!("elbo-continuous/{r}"));
         let eps = crate::rng::standard_normal(n, d, rs, ELBO_DOMAIN);
         let x_t = &x * at_t.alpha + &eps * at_t.sigma;
-        let mut total = -log_prior(prior, mixture, x_t.view(), &at_t)? + constant;
+        let mut total = -prior_log_density(prior, mixture, x_t.view(), &at_t)? + constant;
         for (k, &(lambda, wt)) in nodes.iter().enumerate() {
             let t = schedule.t_of_lambda(lambda);
             let at = schedule.level(t);
@@ -583,7 +566,7 @@ pub fn elbo_ddpm(
                 let x_t = &x * at_t.alpha + &eps * at_t.sigma;
                 let lq: Array1<f64> =
                     isotropic_log_density(eps.view(), 1.0) - d as f64 * at_t.sigma.ln();
-                lq - log_prior(prior, mixture, x_t.view(), at_t)?
+                lq - prior_log_density(prior, mixture, x_t.view(), at_t)?
             }
             _ => kl_isotropic(
                 (&x * at_t.alpha).view(),

@@ -35,7 +35,8 @@ pub struct Estimate {
     pub se: f64,
 }
 
-fn mean_se(v: &[f64]) -> Estimate {
+/// The mean of `v` and its standard error (sample standard deviation over sqrt(n)).
+pub fn mean_se(v: &[f64]) -> Estimate {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);

@@ -8,6 +8,6 @@ pub mod law;
 pub mod order;
 pub mod sde;
 
-pub use distribution::Estimate;
+pub use distribution::{mean_se, Estimate};
 pub use law::GaussianLaw;
 pub use order::{empirical_order, fit_line, sample_error, LineFit, OrderFit, SampleError};

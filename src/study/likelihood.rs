@@ -375,106 +375,62 @@ impl Study for LikelihoodStudy {
                 );
             }
         }
-        let bound_se = |se: &Array1<f64>| (se.mapv(|v| v * v).sum()).sqrt() / se.len() as f64;
-        for prior in [Prior::Exact, Prior::Standard] {
-            let b = likelihood::elbo_continuous(
-                oracle,
-                s,
-                x0.view(),
-                (t_min, t_max),
-                prior,
-                Some(&mixture),
-                (config.panels, config.replicates),
-                seed_for(config.seed, &unit.key),
-            )?;
-            ctx.push(
-                "elbo",
-                "continuous",
-                config.panels * 16,
-                b.nfe,
-                "",
-                &prior.to_string(),
-                &b.elbo,
-                &exact0,
-                Some(bound_se(&b.se)),
-            );
-            for &n in &config.ddpm_steps {
-                let b = likelihood::elbo_ddpm(
-                    oracle,
-                    s,
-                    x0.view(),
-                    (s.t_min(), t_max),
-                    prior,
-                    Some(&mixture),
-                    (n, config.replicates),
-                    seed_for(config.seed, &unit.key),
-                )?;
-                ctx.push(
-                    "elbo",
-                    "ddpm",
-                    n,
-                    b.nfe,
-                    "",
-                    &prior.to_string(),
-                    &b.elbo,
-                    &exact0,
-                    Some(bound_se(&b.se)),
-                );
-            }
-        }
+        let bounds =
+            |ctx: &mut Ctx, so: &dyn Schedule, t_lo: f64, priors: &[Prior]| -> Result<()> {
+                let t_hi = super::convergence::range(so).0;
+                let seed = seed_for(config.seed, &unit.key);
+                let bound_se =
+                    |se: &Array1<f64>| (se.mapv(|v| v * v).sum()).sqrt() / se.len() as f64;
+                for &prior in priors {
+                    let p = prior.to_string();
+                    let b = likelihood::elbo_continuous(
+                        oracle,
+                        so,
+                        x0.view(),
+                        (t_lo, t_hi),
+                        prior,
+                        Some(&mixture),
+                        (config.panels, config.replicates),
+                        seed,
+                    )?;
+                    let (steps, se) = (config.panels * 16, bound_se(&b.se));
+                    ctx.push(
+                        "elbo",
+                        "continuous",
+                        steps,
+                        b.nfe,
+                        "",
+                        &p,
+                        &b.elbo,
+                        &exact0,
+                        Some(se),
+                    );
+                    if !likelihood::variance_preserving(so) {
+                        continue;
+                    }
+                    for &n in &config.ddpm_steps {
+                        let b = likelihood::elbo_ddpm(
+                            oracle,
+                            so,
+                            x0.view(),
+                            (so.t_min(), t_hi),
+                            prior,
+                            Some(&mixture),
+                            (n, config.replicates),
+                            seed,
+                        )?;
+                        let se = bound_se(&b.se);
+                        ctx.push("elbo", "ddpm", n, b.nfe, "", &p, &b.elbo, &exact0, Some(se));
+                    }
+                }
+                Ok(())
+            };
+        bounds(&mut ctx, s, t_min, &[Prior::Exact, Prior::Standard])?;
         if net.is_none() {
             for spec in &config.elbo_schedules {
                 let other = schedule::parse(spec)?;
-                let so: &dyn Schedule = other.as_ref();
-                let range = (so.t_min(), super::convergence::range(so).0);
-                ctx.schedule = so.spec();
-                let b = likelihood::elbo_continuous(
-                    &mixture,
-                    so,
-                    x0.view(),
-                    range,
-                    Prior::Exact,
-                    Some(&mixture),
-                    (config.panels, config.replicates),
-                    seed_for(config.seed, &unit.key),
-                )?;
-                let steps = config.panels * 16;
-                ctx.push(
-                    "elbo",
-                    "continuous",
-                    steps,
-                    b.nfe,
-                    "",
-                    "exact",
-                    &b.elbo,
-                    &exact0,
-                    Some(bound_se(&b.se)),
-                );
-                if likelihood::variance_preserving(so) {
-                    for &n in &config.ddpm_steps {
-                        let b = likelihood::elbo_ddpm(
-                            &mixture,
-                            so,
-                            x0.view(),
-                            range,
-                            Prior::Exact,
-                            Some(&mixture),
-                            (n, config.replicates),
-                            seed_for(config.seed, &unit.key),
-                        )?;
-                        ctx.push(
-                            "elbo",
-                            "ddpm",
-                            n,
-                            b.nfe,
-                            "",
-                            "exact",
-                            &b.elbo,
-                            &exact0,
-                            Some(bound_se(&b.se)),
-                        );
-                    }
-                }
+                ctx.schedule = other.spec();
+                bounds(&mut ctx, other.as_ref(), other.t_min(), &[Prior::Exact])?;
             }
         }
         let group = Group {

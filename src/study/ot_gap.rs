@@ -349,9 +349,7 @@ impl Study for OtGap {
             };
             asym.sort_by(f64::total_cmp);
             let q = |p: f64| asym[((p * (m - 1) as f64).round() as usize).min(m - 1)];
-            let mean_f = flow_cost;
-            let var_f = chord2.iter().map(|c| (c - mean_f).powi(2)).sum::<f64>() / (n - 1) as f64;
-            let se_f = (var_f / n as f64).sqrt();
+            let se_f = crate::metrics::mean_se(&chord2).se;
             let costs: Vec<f64> = (0..if map_only { 0 } else { config.replicates })
                 .map(|r| {
                     let key = format!("{}/independent/{r}", unit.key);
