@@ -392,7 +392,9 @@ const ELBO_DOMAIN: u32 = 0x454c;
 /// Mean and standard error over replicate rows (replicates x n).
 fn over_replicates(r: &Array2<f64>) -> (Array1<f64>, Array1<f64>) {
     let m = r.nrows() as f64;
-    let mean = r.mean_axis(ndarray::Axis(0)).expect("replicates");
+    let mean = r
+        .mean_axis(ndarray::Axis(0))
+        .unwrap_or_else(|| Array1::from_elem(r.ncols(), f64::NAN));
     let se = if r.nrows() > 1 {
         let var = r.var_axis(ndarray::Axis(0), 1.0);
         var.mapv(|v| (v / m).sqrt())
