@@ -10,6 +10,7 @@
 pub mod brownian;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod diffusers;
 pub mod error;
 pub mod exp;
 pub mod flow_map;

@@ -14,6 +14,10 @@
 //! - `deis:variant=rhoab` ("rhoAB-DEIS") and `lms` (k-diffusion `sample_lms`): the Lagrange
 //!   polynomial in rho, integrated exactly (k-diffusion integrates it with `scipy.integrate.quad`,
 //!   exact for polynomials); the two are the same method and pfode runs the same code for both.
+//! - `deis:variant=logrho` (diffusers' `DEISMultistepScheduler`, `solver_type="logrho"`): eps
+//!   extrapolated by the Lagrange polynomial in u = ln(sigma/alpha), integrated over rho in closed
+//!   form, C_j = [e^u (l_j - l_j' + l_j'')] from u_s to u_t (e^u = rho; the term vanishes at
+//!   rho = 0, so a step to sigma = 0 is exact too). DEIS-1 of every variant equals DDIM.
 //! - `ipndm` (improved PNDM, Zhang & Chen 2023, App.; Zhou et al. 2024): the constant-step
 //!   Adams-Bashforth weights (1), (3,-1)/2, (23,-16,5)/12, (55,-59,37,-9)/24 times rho_t - rho_s.
 //!   On grids uniform in rho (`karras:rho=1`) its order is `order`; on any other grid the ignored
@@ -44,6 +48,8 @@ use ndarray::Array2;
 pub enum Rule {
     Tab,
     RhoAb,
+    /// Lagrange in ln(sigma/alpha), integrated in sigma/alpha (diffusers' `solver_type="logrho"`).
+    LogRho,
     Ipndm,
 }
 
@@ -92,6 +98,34 @@ pub fn weights(rule: Rule, schedule: &dyn Schedule, times: &[f64], t: f64) -> [f
                 *cj = gauss_legendre(nodes[0], rho(t), 1, |u| lagrange(nodes, j, u));
             }
         }
+        Rule::LogRho => {
+            // int l_j(u) e^u du over u = ln rho is e^u (l_j - l_j' + l_j'') (degree <= 2).
+            let mut u = [0.0; MAX_HISTORY];
+            for (uj, &tj) in u.iter_mut().zip(times) {
+                *uj = rho(tj).ln();
+            }
+            let (rho_s, rho_t) = (rho(s), rho(t));
+            for (j, cj) in c.iter_mut().enumerate().take(k) {
+                let mut a = [1.0, 0.0, 0.0, 0.0];
+                for (m, &um) in u.iter().enumerate().take(k) {
+                    if m != j {
+                        for q in (0..3).rev() {
+                            let below = if q > 0 { a[q - 1] } else { 0.0 };
+                            a[q] = (below - um * a[q]) / (u[j] - um);
+                        }
+                    }
+                }
+                let q = [a[0] - a[1] + 2.0 * a[2], a[1] - 2.0 * a[2], a[2]];
+                let f = |r: f64| match r {
+                    0.0 => 0.0,
+                    _ => {
+                        let v = r.ln();
+                        r * (q[0] + v * (q[1] + v * q[2]))
+                    }
+                };
+                *cj = f(rho_t) - f(rho_s);
+            }
+        }
         Rule::Tab => {
             let tol = 1e-14 * (rho(s) - rho(t)).abs();
             for (j, cj) in c.iter_mut().enumerate().take(k) {
@@ -125,12 +159,13 @@ fn build(
 
 pub const DEIS: Entry = Entry {
     name: "deis",
-    summary: "DEIS tAB (Lagrange in t) or rhoAB (in sigma/alpha), orders 1-3",
+    summary:
+        "DEIS tAB (Lagrange in t), rhoAB (in sigma/alpha) or logrho (in ln sigma/alpha), orders 1-3",
     build: |spec, _| {
-        let rule = if spec.take_choice("variant", "tab", &["tab", "rhoab"])? == "tab" {
-            Rule::Tab
-        } else {
-            Rule::RhoAb
+        let rule = match spec.take_choice("variant", "tab", &["tab", "rhoab", "logrho"])? {
+            "tab" => Rule::Tab,
+            "rhoab" => Rule::RhoAb,
+            _ => Rule::LogRho,
         };
         build(spec, rule, 3, 3)
     },
@@ -140,6 +175,8 @@ pub const DEIS: Entry = Entry {
         ("variant=tab,order=3", "logsnr"),
         ("variant=rhoab,order=3", "karras"),
         ("variant=tab,order=3,corrector=unic", "logsnr"),
+        ("variant=logrho,order=3", "logsnr"),
+        ("variant=logrho,order=2", "karras"),
     ],
 };
 pub const LMS: Entry = Entry {
@@ -197,7 +234,7 @@ impl Solver for Adams {
             }
             return Ok(());
         }
-        let k = self.ms.step_order(i, n, self.hist.len());
+        let k = self.ms.for_steps(n).step_order(i, n, self.hist.len());
         let mut ts = [0.0; MAX_HISTORY];
         for (j, tj) in ts.iter_mut().enumerate().take(k) {
             *tj = self.hist.back(j).0;

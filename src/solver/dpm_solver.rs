@@ -11,7 +11,9 @@
 //!   1..order-1 (`warmup=lower`), which caps the global order at 2 for `order=3` (the first step is
 //!   first order, local error O(h^2)). `warmup=singlestep` takes those steps with singlestep
 //!   DPM-Solver-`order` instead ((order-1)^2 extra evaluations). `lower_order_final` lowers the
-//!   order of the last steps to min(order, steps - i) only when steps < 10, as the official code.
+//!   order of the last steps to min(order, steps - i) only when steps < 10, as the official code
+//!   (`lower_order_final_below=15` is diffusers' rule; `euler_at_final=true` makes the last step
+//!   first order at any number of steps, as diffusers' option).
 //!   DPM-Solver++(2M) is `order=2`; (3M) `order=3`. With `third_order=official` (default) the
 //!   third-order update is the official one (also k-diffusion's and diffusers'), whose
 //!   second-difference term carries half the Taylor coefficient (see
@@ -103,12 +105,14 @@ fn build(spec: &mut Spec, p: Param) -> Result<Box<dyn Solver>> {
     };
     let multistep = method == Method::Multistep;
     let ms = if multistep {
-        Multistep::parse(spec, order, true)?
+        Multistep::parse_below(spec, order, true, Some(10))?
     } else {
         Multistep {
             order,
             lower_order_final: false,
             singlestep_warmup: false,
+            final_below: None,
+            euler_at_final: false,
         }
     };
     let unic = multistep && spec.take_choice("corrector", "none", &["none", "unic"])? == "unic";
@@ -270,8 +274,7 @@ impl Solver for DpmSolver {
             self.hist.push(s, model.lambda(s), m);
         }
         let n = times.len() - 1;
-        let mut ms = self.ms;
-        ms.lower_order_final &= n < 10;
+        let ms = self.ms.for_steps(n);
         let k = ms.step_order(i, n, self.hist.len());
         let last = i + 1 == n;
         let m0 = &self.hist.back(0).2;
@@ -309,8 +312,7 @@ impl DpmSolver {
         model.eval_with_guide(Param::Data.prediction(), x, s, &mut self.guided, m)?;
         self.hist.push(s, model.lambda(s), m);
         let n = times.len() - 1;
-        let mut ms = self.ms;
-        ms.lower_order_final &= n < 10;
+        let ms = self.ms.for_steps(n);
         let k = ms.step_order(i, n, self.hist.len());
         let prev = (k == 2).then(|| (self.hist.back(1).1, &self.hist.back(1).2));
         expint::cfgpp_step(model, s, t, x, &self.guided, &self.hist.back(0).2, prev);

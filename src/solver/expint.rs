@@ -90,14 +90,15 @@ impl Step {
     /// Sec. 5; k-diffusion `sample_dpmpp_2m_sde`): with h' = (1 + eta) h,
     /// x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t int_0^h' e^{-(h'-u)} m du + noise,
     /// i.e. hh = -h' and E_k = alpha_t h' phi_k(-h'); `h` stays the log-SNR step, which sets
-    /// the ratios r of the multistep updates.
+    /// the ratios r of the multistep updates. In noise prediction only eta = 1 is defined
+    /// (SDE-DPM-Solver): x_t = (alpha_t/alpha_s) x_s - 2 sigma_t int_0^h e^{h-u} m du + noise.
     pub fn with_eta(model: &Model, p: Param, s: f64, t: f64, eta: f64) -> Step {
         let (ls, lt) = (model.schedule.lambda(s), model.schedule.lambda(t));
         let (a, b) = (model.level(s), model.level(t));
         let h = lt - ls;
         assert!(
-            eta == 0.0 || p == Param::Data,
-            "the SDE family is data prediction"
+            eta == 0.0 || p == Param::Data || eta == 1.0,
+            "the noise-prediction SDE step has eta = 1"
         );
         match p {
             Param::Data if eta != 0.0 => Step {
@@ -112,13 +113,19 @@ impl Step {
                 c_x: b.sigma / a.sigma,
                 c_m: b.alpha,
             },
+            // SDE-DPM-Solver-1 (Lu et al. 2022b, eq. 18): the integral term doubles.
             Param::Noise => Step {
                 h,
                 hh: h,
                 c_x: b.alpha / a.alpha,
-                c_m: -b.sigma,
+                c_m: -(1.0 + eta) * b.sigma,
             },
         }
+    }
+
+    /// [E_1, E_2, E_3].
+    pub fn es(&self) -> [f64; 3] {
+        [self.e(1), self.e(2), self.e(3)]
     }
 
     /// E_k = c_m |hh| phi_k(hh) (|hh| = h for the ODE).
@@ -235,11 +242,8 @@ pub fn singlestep(
         *len = 1;
     }
     if k == 2 {
-        let c = match ty {
-            Type::DpmSolver => 0.5 / r1 * st.e(1),
-            Type::Taylor => st.e(2) / r1,
-        };
-        update(x, st.c_x, &[(st.e(1) - c, m0), (c, &m[0])]);
+        let w = singlestep_weights(st.es(), ty, 2, r);
+        update(x, st.c_x, &[(w[0], m0), (w[1], &m[0])]);
         return Ok(());
     }
     let r2 = r[1];
@@ -252,15 +256,36 @@ pub fn singlestep(
         model.eval_into(kind, point, s2, m2)?;
         *len = 2;
     }
-    let (w1, w2) = match ty {
-        Type::DpmSolver => (0.0, st.e(2) / r2),
-        Type::Taylor => {
-            let (c1, c2) = (st.e(2) / (r2 - r1), 2.0 * st.e(3) / (r2 - r1));
-            ((c1 * r2 - c2) / r1, (c2 - c1 * r1) / r2)
-        }
-    };
-    update(x, st.c_x, &[(st.e(1) - w1 - w2, m0), (w1, m1), (w2, m2)]);
+    let w = singlestep_weights(st.es(), ty, 3, r);
+    update(x, st.c_x, &[(w[0], m0), (w[1], m1), (w[2], m2)]);
     Ok(())
+}
+
+/// The weights of (m_s, m(s_1), m(s_2)) in the final combination x_t = c_x x_s + ... of a
+/// singlestep DPM-Solver-k step with inner fractions `r` and E = [E_1, E_2, E_3]
+/// ([`singlestep`] has the formulas).
+pub fn singlestep_weights(e: [f64; 3], ty: Type, k: usize, r: &[f64]) -> [f64; 3] {
+    match k {
+        1 => [e[0], 0.0, 0.0],
+        2 => {
+            let c = match ty {
+                Type::DpmSolver => 0.5 / r[0] * e[0],
+                Type::Taylor => e[1] / r[0],
+            };
+            [e[0] - c, c, 0.0]
+        }
+        _ => {
+            let (r1, r2) = (r[0], r[1]);
+            let (w1, w2) = match ty {
+                Type::DpmSolver => (0.0, e[1] / r2),
+                Type::Taylor => {
+                    let (c1, c2) = (e[1] / (r2 - r1), 2.0 * e[2] / (r2 - r1));
+                    ((c1 * r2 - c2) / r1, (c2 - c1 * r1) / r2)
+                }
+            };
+            [e[0] - w1 - w2, w1, w2]
+        }
+    }
 }
 
 /// A singlestep warm-up step for a multistep method of order k, in place: singlestep
@@ -410,27 +435,40 @@ pub fn multistep(
     hist: &History,
     t: f64,
 ) -> Weights {
-    let (s, l0, _) = hist.back(0);
-    let st = Step::with_eta(model, p, *s, t, eta);
-    let mut u = Weights::new(st.c_x, st.e(1));
+    let st = Step::with_eta(model, p, hist.back(0).0, t, eta);
+    multistep_with(&st, st.es(), ty, k, d2_scale, hist)
+}
+
+/// [`multistep`] from a step's c_x and given E = [E_1, E_2, E_3] (a caller may replace E_3, as
+/// diffusers' third-order SDE update does).
+pub fn multistep_with(
+    st: &Step,
+    e: [f64; 3],
+    ty: Type,
+    k: usize,
+    d2_scale: f64,
+    hist: &History,
+) -> Weights {
+    let mut u = Weights::new(st.c_x, e[0]);
     if k == 1 {
         return u;
     }
+    let l0 = hist.back(0).1;
     let l1 = hist.back(1).1;
     let r0 = (l0 - l1) / st.h;
     if k == 2 {
         let c = match ty {
-            Type::DpmSolver => 0.5 * st.e(1),
-            Type::Taylor => st.e(2),
+            Type::DpmSolver => 0.5 * e[0],
+            Type::Taylor => e[1],
         };
         u.diff(0, 1, c / r0);
         return u;
     }
     let l2 = hist.back(2).1;
     let r1 = (l1 - l2) / st.h;
-    let c = st.e(2) * r0 / (r0 + r1) + d2_scale * st.e(3) / (r0 + r1);
+    let c = e[1] * r0 / (r0 + r1) + d2_scale * e[2] / (r0 + r1);
     // E_2 D1_0 + c (D1_0 - D1_1)
-    u.diff(0, 1, (st.e(2) + c) / r0);
+    u.diff(0, 1, (e[1] + c) / r0);
     u.diff(1, 2, -c / r1);
     u
 }

@@ -408,18 +408,50 @@ pub struct Multistep {
     pub lower_order_final: bool,
     /// Warm-up by singlestep steps of full order instead of lower-order multistep steps.
     pub singlestep_warmup: bool,
+    /// `lower_order_final` applies only to runs of fewer steps than this (the official DPM-Solver
+    /// code: 10; diffusers' DPM-Solver and DEIS schedulers: 15); `None`: to every run.
+    pub final_below: Option<usize>,
+    /// The last step is first order whatever the number of steps (diffusers' `euler_at_final`).
+    pub euler_at_final: bool,
 }
 
 impl Multistep {
+    /// Options `lower_order_final`, `warmup` and, recorded only when given,
+    /// `lower_order_final_below` (default `final_below`) and `euler_at_final` (default false).
     pub fn parse(spec: &mut Spec, order: usize, lower_order_final: bool) -> Result<Self> {
+        Self::parse_below(spec, order, lower_order_final, None)
+    }
+
+    /// [`Multistep::parse`] with a default threshold for `lower_order_final`.
+    pub fn parse_below(
+        spec: &mut Spec,
+        order: usize,
+        lower_order_final: bool,
+        final_below: Option<usize>,
+    ) -> Result<Self> {
         let lower_order_final = spec.take("lower_order_final", lower_order_final)?;
         let singlestep_warmup =
             spec.take_choice("warmup", "lower", &["lower", "singlestep"])? == "singlestep";
+        let final_below = spec
+            .take_optional::<usize>("lower_order_final_below")?
+            .or(final_below);
+        let euler_at_final = spec
+            .take_optional::<bool>("euler_at_final")?
+            .unwrap_or(false);
         Ok(Multistep {
             order,
             lower_order_final,
             singlestep_warmup,
+            final_below,
+            euler_at_final,
         })
+    }
+
+    /// The rules for a run of n steps: `lower_order_final` off when n reaches `final_below`.
+    pub fn for_steps(&self, n: usize) -> Multistep {
+        let mut ms = *self;
+        ms.lower_order_final &= self.final_below.is_none_or(|b| n < b);
+        ms
     }
 
     /// Whether step i is a singlestep warm-up step (`warmup=singlestep`, i < order - 1, not a step
@@ -445,6 +477,9 @@ impl Multistep {
         let mut k = self.order.min(available);
         if self.lower_order_final {
             k = k.min(n - i);
+        }
+        if self.euler_at_final && i + 1 == n {
+            k = 1;
         }
         k.max(1)
     }

@@ -129,6 +129,51 @@ impl Noise for Brownian {
     }
 }
 
+/// Given normals, one array per draw, consumed in order: the noise another implementation drew
+/// (diffusers' `randn_tensor`), replayed.
+pub struct Given {
+    draws: std::collections::VecDeque<Array2<f64>>,
+}
+
+impl Given {
+    pub fn new(draws: Vec<Array2<f64>>) -> Self {
+        Given {
+            draws: draws.into(),
+        }
+    }
+
+    /// The draws not yet used.
+    pub fn left(&self) -> usize {
+        self.draws.len()
+    }
+}
+
+impl Noise for Given {
+    fn normal(
+        &mut self,
+        _: &[f64],
+        i: usize,
+        shape: (usize, usize),
+        z: &mut Array2<f64>,
+    ) -> Result<()> {
+        let next = self.draws.pop_front().ok_or_else(|| {
+            crate::Error::Domain(format!("the given noise has no draw left for step {i}"))
+        })?;
+        if next.dim() != shape {
+            return Err(crate::Error::Dimension(format!(
+                "the given noise for step {i} is {:?}, the sample {shape:?}",
+                next.dim()
+            )));
+        }
+        *z = next;
+        Ok(())
+    }
+
+    fn split(&self, _: usize, _: usize) -> Box<dyn Noise> {
+        Box::new(Given::new(Vec::new()))
+    }
+}
+
 /// Probe noise for the exact output law: rows 0..=d carry no noise (they probe x_T); row
 /// 1 + d + k d + j carries e_j in noise slot k = i parts + part (step i, part `part` of `parts`)
 /// and nothing in the other slots.

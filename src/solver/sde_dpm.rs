@@ -48,6 +48,8 @@ fn build(spec: &mut Spec, env: &Env, order: Option<usize>) -> Result<Box<dyn Sol
         order,
         lower_order_final: spec.take("lower_order_final", false)?,
         singlestep_warmup: false,
+        final_below: spec.take_optional::<usize>("lower_order_final_below")?,
+        euler_at_final: false,
     };
     let (eta, s_noise) = parse_eta(spec, 1.0, f64::INFINITY)?;
     Ok(Box::new(SdeDpmSolverPp {
@@ -108,7 +110,7 @@ impl Solver for SdeDpmSolverPp {
             return Ok(());
         }
         let n = times.len() - 1;
-        let k = self.ms.step_order(i, n, self.hist.len());
+        let k = self.ms.for_steps(n).step_order(i, n, self.hist.len());
         let d2_scale = 1.0;
         let u = expint::multistep(
             model,

@@ -111,7 +111,7 @@ impl Solver for Unipc {
             }
             return Ok(());
         }
-        let k = self.ms.step_order(i, n, self.hist.len());
+        let k = self.ms.for_steps(n).step_order(i, n, self.hist.len());
         let unipc = UniPc::new(model, self.p, self.variant, k, &self.hist, t);
         if last {
             self.hist.apply(&unipc.predict(), x, None);

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 use crate::spec::Spec;
 use std::f64::consts::FRAC_PI_2;
 
+pub mod discrete;
+pub use discrete::{Betas, Discrete, DiscreteOptions, Interp, ZeroSnr};
+
 /// A forward noising process x_t = alpha_t x_0 + sigma_t eps.
 pub trait Schedule: Send + Sync + std::fmt::Debug {
     /// The canonical spec with every option written out, e.g. `vp-linear:beta0=0.1,beta1=20`.
@@ -110,7 +113,7 @@ impl NoiseLevel {
 }
 
 /// ln(1 + e^x) without overflow.
-fn softplus(x: f64) -> f64 {
+pub(crate) fn softplus(x: f64) -> f64 {
     if x > 0.0 {
         x + (-x).exp().ln_1p()
     } else {
@@ -119,7 +122,7 @@ fn softplus(x: f64) -> f64 {
 }
 
 /// ln alpha(t) of a variance-preserving schedule; sigma = sqrt(1 - alpha^2) follows.
-trait LogAlpha: Send + Sync + std::fmt::Debug {
+pub(crate) trait LogAlpha: Send + Sync + std::fmt::Debug {
     fn spec(&self) -> String;
     fn t_min(&self) -> f64;
     fn t_max(&self) -> f64;
@@ -131,7 +134,7 @@ trait LogAlpha: Send + Sync + std::fmt::Debug {
 /// Variance preserving: alpha^2 + sigma^2 = 1, so lambda = ln alpha - ln(1 - alpha^2)/2 and
 /// ln alpha = -softplus(-2 lambda)/2.
 #[derive(Debug)]
-struct Vp<L>(L);
+pub(crate) struct Vp<L>(pub(crate) L);
 
 impl<L: LogAlpha> Schedule for Vp<L> {
     fn spec(&self) -> String {
@@ -258,140 +261,6 @@ impl LogAlpha for VpCosine {
         let sin_d = -c0 * c0 * em / (sn * c0 + c * s0);
         let cos_d = c * c0 + sn * s0;
         sin_d.atan2(cos_d) / self.scale()
-    }
-}
-
-/// Which DDPM beta sequence a discrete schedule uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Betas {
-    /// beta_i = linspace(beta_start, beta_end, N), defaults 1e-4 .. 0.02 (DDPM).
-    Linear,
-    /// beta_i = linspace(sqrt(beta_start), sqrt(beta_end), N)^2, defaults 0.00085 .. 0.012
-    /// (Stable Diffusion).
-    ScaledLinear,
-}
-
-/// Discrete-time DDPM schedule made continuous as the official DPM-Solver 'discrete' schedule
-/// does: alphas_cumprod = cumprod(1 - beta) in float64, knots t_i = (i+1)/N, i = 0..N-1, with
-/// ln alpha(t_i) = ln(alphas_cumprod_i)/2, and ln alpha piecewise linear in t between knots;
-/// `t(lambda)` interpolates t piecewise linearly in ln alpha, which is the exact inverse.
-/// The valid range is [1/N, 1]; the official `interpolate_fn` extrapolates linearly outside it,
-/// pfode rejects such t. Trailing knots with lambda < -5.1 are dropped before the knots are
-/// placed, as the official `numerical_clip_alpha` does (so N can be less than `steps`); neither
-/// default beta set reaches it (lambda(1) = -5.06 for `linear`, -2.68 for `scaled_linear`).
-/// linspace follows NumPy (start + i step, last point exactly the end).
-#[derive(Debug)]
-struct VpDiscrete {
-    betas: Betas,
-    beta_start: f64,
-    beta_end: f64,
-    steps: usize,
-    log_alpha: Vec<f64>,
-}
-
-/// The official DPM-Solver `numerical_clip_alpha` threshold on lambda.
-const CLIPPED_LAMBDA: f64 = -5.1;
-
-impl VpDiscrete {
-    fn new(betas: Betas, beta_start: f64, beta_end: f64, n: usize) -> Self {
-        let linspace = |a: f64, b: f64| -> Vec<f64> {
-            let step = (b - a) / (n - 1) as f64;
-            let mut v: Vec<f64> = (0..n).map(|i| a + i as f64 * step).collect();
-            v[n - 1] = b;
-            v
-        };
-        let beta: Vec<f64> = match betas {
-            Betas::Linear => linspace(beta_start, beta_end),
-            Betas::ScaledLinear => linspace(beta_start.sqrt(), beta_end.sqrt())
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
-        };
-        let mut cumprod = 1.0;
-        let mut log_alpha: Vec<f64> = beta
-            .iter()
-            .map(|b| {
-                cumprod *= 1.0 - b;
-                0.5 * cumprod.ln()
-            })
-            .collect();
-        let lambda = |la: f64| la - 0.5 * (-(2.0 * la).exp_m1()).ln();
-        while log_alpha.len() > 2 && lambda(log_alpha[log_alpha.len() - 1]) < CLIPPED_LAMBDA {
-            log_alpha.pop();
-        }
-        VpDiscrete {
-            betas,
-            beta_start,
-            beta_end,
-            steps: n,
-            log_alpha,
-        }
-    }
-
-    fn n(&self) -> usize {
-        self.log_alpha.len()
-    }
-
-    fn knot(&self, i: usize) -> f64 {
-        (i + 1) as f64 / self.n() as f64
-    }
-
-    /// The segment [t_i, t_{i+1}] holding t (end segments extended).
-    fn segment(&self, t: f64) -> usize {
-        let n = self.n();
-        let mut i = ((t * n as f64).floor() as isize - 1).clamp(0, n as isize - 2) as usize;
-        while i > 0 && t < self.knot(i) {
-            i -= 1;
-        }
-        while i + 2 < n && t > self.knot(i + 1) {
-            i += 1;
-        }
-        i
-    }
-
-    /// Alphas_cumprod as the DDPM code has them.
-    #[cfg(test)]
-    fn alphas_cumprod(&self) -> Vec<f64> {
-        self.log_alpha.iter().map(|la| (2.0 * la).exp()).collect()
-    }
-}
-
-impl LogAlpha for VpDiscrete {
-    fn spec(&self) -> String {
-        let name = match self.betas {
-            Betas::Linear => "linear",
-            Betas::ScaledLinear => "scaled_linear",
-        };
-        format!(
-            "vp-discrete:betas={name},beta_start={},beta_end={},steps={}",
-            self.beta_start, self.beta_end, self.steps
-        )
-    }
-    fn t_min(&self) -> f64 {
-        self.knot(0)
-    }
-    fn t_max(&self) -> f64 {
-        1.0
-    }
-    fn log_alpha(&self, t: f64) -> f64 {
-        let i = self.segment(t);
-        let (x0, x1) = (self.knot(i), self.knot(i + 1));
-        let (y0, y1) = (self.log_alpha[i], self.log_alpha[i + 1]);
-        y0 + (t - x0) * (y1 - y0) / (x1 - x0)
-    }
-    fn dlog_alpha(&self, t: f64) -> f64 {
-        let i = self.segment(t);
-        (self.log_alpha[i + 1] - self.log_alpha[i]) / (self.knot(i + 1) - self.knot(i))
-    }
-    fn t_of_log_alpha(&self, la: f64) -> f64 {
-        // log_alpha is strictly decreasing: find i with y_{i+1} <= la <= y_i.
-        let y = &self.log_alpha;
-        let i = y
-            .partition_point(|&v| v > la)
-            .saturating_sub(1)
-            .min(y.len() - 2);
-        let (x0, x1) = (self.knot(i), self.knot(i + 1));
-        x0 + (la - y[i]) * (x1 - x0) / (y[i + 1] - y[i])
     }
 }
 
@@ -540,31 +409,7 @@ pub fn parse(text: &str) -> Result<Box<dyn Schedule>> {
             }
             Box::new(Vp(VpCosine { s, t_max }))
         }
-        "vp-discrete" => {
-            let kind: String = spec.take("betas", "linear".to_string())?;
-            let (betas, start, end) = match kind.as_str() {
-                "linear" => (Betas::Linear, 1e-4, 0.02),
-                "scaled_linear" => (Betas::ScaledLinear, 0.00085, 0.012),
-                other => {
-                    return Err(spec.error(format!(
-                        "option 'betas': unknown '{other}' (valid: linear, scaled_linear)"
-                    )))
-                }
-            };
-            let start = spec.take_f64("beta_start", start)?;
-            let end = spec.take_f64("beta_end", end)?;
-            let steps: usize = spec.take("steps", 1000)?;
-            if !(start > 0.0 && end > start && end < 1.0 && steps >= 2) {
-                return Err(spec.error("need 0 < beta_start < beta_end < 1 and steps >= 2"));
-            }
-            if steps > crate::limits::MAX_STEPS {
-                return Err(spec.error(format!(
-                    "option 'steps': {steps} exceeds the limit of {} steps",
-                    crate::limits::MAX_STEPS
-                )));
-            }
-            Box::new(Vp(VpDiscrete::new(betas, start, end, steps)))
-        }
+        "vp-discrete" => Box::new(Vp(discrete::Discrete::parse(&mut spec)?)),
         "ve" => {
             let sigma_min = spec.take_f64("sigma_min", 0.01)?;
             let sigma_max = spec.take_f64("sigma_max", 50.0)?;
@@ -593,11 +438,13 @@ pub fn parse(text: &str) -> Result<Box<dyn Schedule>> {
 mod tests {
     use super::*;
 
-    const SPECS: [&str; 7] = [
+    const SPECS: [&str; 9] = [
         "vp-linear",
         "vp-cosine",
         "vp-discrete:betas=linear",
         "vp-discrete:betas=scaled_linear",
+        "vp-discrete:betas=scaled_linear,interp=log_sigma,clip=false,zero=true",
+        "vp-discrete:betas=squaredcos_cap_v2,interp=log_sigma,clip=false,zero=true,zero_snr=clamped",
         "ve",
         "edm",
         "flow",
@@ -630,8 +477,11 @@ mod tests {
             for t in times(s.as_ref()) {
                 let mut h = 1e-3 * (t - s.t_min()).min(s.t_max() - t).min(1.0);
                 if spec.starts_with("vp-discrete") {
-                    // ln alpha is piecewise linear: stay inside one segment.
+                    // ln alpha is piecewise smooth: stay inside one segment, off the knots.
                     let frac = (t * 1000.0).fract();
+                    if frac.min(1.0 - frac) < 1e-6 {
+                        continue;
+                    }
                     h = h.min(0.2e-3 * frac.min(1.0 - frac));
                 }
                 check_derivative(spec, t, h, &|t| s.alpha(t), s.dalpha(t));
@@ -673,7 +523,7 @@ mod tests {
 
     #[test]
     fn vp_schedules_preserve_variance() {
-        for spec in &SPECS[..4] {
+        for spec in &SPECS[..6] {
             let s = parse(spec).unwrap();
             for t in times(s.as_ref()) {
                 let (a, sg) = (s.alpha(t), s.sigma(t));
@@ -714,48 +564,6 @@ mod tests {
             "{}",
             s.lambda(0.9946)
         );
-    }
-
-    #[test]
-    fn vp_discrete_knots() {
-        let s = parse("vp-discrete:betas=scaled_linear").unwrap();
-        assert_eq!(s.t_min(), 1e-3);
-        let ref_ = VpDiscrete::new(Betas::ScaledLinear, 0.00085, 0.012, 1000);
-        let ac = ref_.alphas_cumprod();
-        for i in [0usize, 1, 10, 500, 998, 999] {
-            let t = (i + 1) as f64 / 1000.0;
-            let a2 = s.alpha(t).powi(2);
-            assert!((a2 - ac[i]).abs() < 1e-14 * ac[i], "knot {i}");
-        }
-        // Stable Diffusion's final alphas_cumprod and the first beta.
-        assert!((ac[999] - 0.0046_8).abs() < 1e-4, "{}", ac[999]);
-        assert!((1.0 - ac[0] - 0.00085).abs() < 1e-15);
-        assert!(s.check_t(5e-4).is_err());
-        assert!(s.check_t(1e-3).is_ok());
-        // No knot is clipped for the default beta sets ...
-        let lin = parse("vp-discrete:betas=linear").unwrap();
-        assert!(
-            (lin.lambda(1.0) + 5.0588).abs() < 1e-3,
-            "{}",
-            lin.lambda(1.0)
-        );
-        assert!((s.lambda(1.0) + 2.68202).abs() < 1e-4, "{}", s.lambda(1.0));
-        // ... but a larger beta_end has its knots below lambda = -5.1 dropped and the rest
-        // spread over (0, 1].
-        let c = VpDiscrete::new(Betas::Linear, 1e-4, 0.03, 1000);
-        let kept = c.log_alpha.len();
-        let full: Vec<f64> = (0..1000)
-            .scan(1.0, |ac, i| {
-                *ac *= 1.0 - (1e-4 + i as f64 * (0.03 - 1e-4) / 999.0);
-                Some(*ac)
-            })
-            .collect();
-        assert!(kept < 1000 && kept > 700, "{kept}");
-        let clipped = Vp(c);
-        assert!(clipped.lambda(1.0) >= -5.1 && clipped.lambda(1.0) < -5.09);
-        assert!((clipped.alpha(1.0).powi(2) / full[kept - 1] - 1.0).abs() < 1e-13);
-        let next = full[kept].sqrt().ln();
-        assert!(next - 0.5 * (-(2.0 * next).exp_m1()).ln() < -5.1);
     }
 
     #[test]
