@@ -156,7 +156,8 @@ fn every_registered_solver_converges_at_its_declared_order_with_exact_nfe() {
 
 #[test]
 fn first_order_methods_are_one_method() {
-    // DDIM = DPM-Solver-1 = DPM-Solver++-1 = UniP-1 = DEIS-1 = LMS-1 = iPNDM-1 (exponential Euler).
+    // DDIM = DPM-Solver-1 = DPM-Solver++-1 = UniP-1 = DEIS-1 (each variant) = LMS-1 = iPNDM-1
+    // (exponential Euler).
     let same = [
         "dpm-solver:order=1",
         "dpm-solver++:order=1",
@@ -164,6 +165,7 @@ fn first_order_methods_are_one_method() {
         "unipc:order=1,corrector=none,prediction=noise",
         "deis:order=1",
         "deis:order=1,variant=rhoab",
+        "deis:order=1,variant=logrho",
         "lms:order=1",
         "ipndm:order=1",
         "dpm-solver:order=1,method=singlestep",
