@@ -8,6 +8,7 @@
 //! | `karras:steps=N,sigma_min=0.002,sigma_max=80,rho=7,zero=false` | rho-spaced sigmas of Karras et al. (2022), eq. 5 |
 //! | `exponential:steps=N,sigma_min=0.002,sigma_max=80,zero=false` | sigmas uniform in ln sigma |
 //! | `file:TIMES.json` | an explicit, strictly decreasing JSON array of times |
+//! | `times:t0,t1,...,tN` | the same, inline (what `sample --scheduler-config F --explain` prints) |
 //!
 //! Sigma-based grids (`karras`, `exponential`) are in the EDM noise level rho = sigma/alpha =
 //! e^(-lambda), so on a VP schedule they select t(lambda = -ln rho). With `zero=true` the grid is
@@ -94,6 +95,25 @@ impl Grid {
     pub fn parse(text: &str, schedule: &dyn Schedule) -> Result<Grid> {
         if let Some(path) = text.strip_prefix("file:") {
             return Grid::from_file(path, schedule);
+        }
+        if let Some(list) = text.strip_prefix("times:") {
+            let times = list
+                .split(',')
+                .map(|v| {
+                    v.trim().parse::<f64>().map_err(|_| Error::Spec {
+                        what: "grid",
+                        spec: text.to_string(),
+                        reason: format!("'{}' is not a number", v.trim()),
+                    })
+                })
+                .collect::<Result<Vec<f64>>>()?;
+            let grid = Grid {
+                kind: Kind::File,
+                times,
+                spec: text.to_string(),
+            };
+            grid.check(schedule, text)?;
+            return Ok(grid);
         }
         let mut spec = Spec::parse("grid", text)?;
         let steps = spec.take("steps", 20usize)?;

@@ -135,3 +135,87 @@ fn option_tables_are_diffusers_signatures() {
         }
     }
 }
+
+/// Every equivalent `--explain` prints is exact: pfode's own solver on the printed schedule and
+/// grid, from the latents times the printed scale, gives the replay's sample (same NFE; the same
+/// Brownian noise for the stochastic classes).
+#[test]
+fn explained_equivalents_reproduce_the_replay() {
+    use pfode::grid::Grid;
+    use pfode::schedule;
+    use pfode::solver::sde::Brownian;
+    use pfode::solver::{self, Env, Model};
+    let fx = fixtures();
+    let mut per_class: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    let mut worst = 0.0f64;
+    let mut failures = Vec::new();
+    for c in fx["cases"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let text = serde_json::to_string(&c["config"]).unwrap();
+        let config = Config::parse(&text, name, None).unwrap();
+        let class = config.class.name();
+        let eta = c["eta"].as_f64().unwrap_or(0.0);
+        let s = Scheduler::new(config, c["steps"].as_u64().unwrap() as usize, eta).unwrap();
+        let explanation = s.explain();
+        let entry = per_class.entry(class).or_default();
+        entry.1 += 1;
+        let Some(eq) = explanation.equivalent else {
+            assert!(
+                !explanation.blockers.is_empty(),
+                "{name}: no equivalent and no reason"
+            );
+            continue;
+        };
+        entry.0 += 1;
+        let mixture = problems::load(c["problem"].as_str().unwrap()).unwrap();
+        let latents = matrix(&fx["inits"][c["init"].as_str().unwrap()]);
+        let replay = s
+            .replay(&mixture, latents.view(), &mut Brownian::new(5))
+            .unwrap();
+        let sched = schedule::parse(&eq.schedule).unwrap();
+        let grid = Grid::parse(&eq.grid, sched.as_ref()).unwrap();
+        let env = Env {
+            schedule: sched.as_ref(),
+            mixture: Some(&mixture),
+            noise_seed: 5,
+        };
+        let mut built = solver::build(&eq.solver, &env).unwrap();
+        let oracle = Counted::new(&mixture);
+        let x = solver::integrate(
+            built.solver.as_mut(),
+            &Model::new(&oracle, sched.as_ref()),
+            &grid,
+            latents.mapv(|v| v * eq.init_scale).view(),
+        )
+        .unwrap();
+        let scale = replay.x.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let d = replay
+            .x
+            .iter()
+            .zip(x.iter())
+            .fold(0.0f64, |m, (a, b)| m.max((a - eq.output_scale * b).abs()))
+            / scale;
+        worst = worst.max(d);
+        let tol = if eq.note.as_deref().is_some_and(|n| n.contains("1e-10")) {
+            2e-9
+        } else {
+            1e-10
+        };
+        if d > tol || oracle.nfe() != replay.calls.len() {
+            failures.push(format!(
+                "{name}: {} on {}: relative max-abs {d:e}, nfe {} vs {}",
+                eq.solver,
+                eq.grid,
+                oracle.nfe(),
+                replay.calls.len()
+            ));
+        }
+    }
+    println!("explained equivalents (class: exact / cases): {per_class:?}; worst relative difference {worst:.1e}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for class in Class::ALL {
+        let (exact, _) = per_class[class.name()];
+        let expected = class != Class::DpmSinglestep;
+        assert_eq!(exact > 0, expected, "{}: {exact} equivalents", class.name());
+    }
+}

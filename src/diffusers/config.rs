@@ -567,9 +567,16 @@ impl Config {
             };
             values.insert(k.to_string(), v);
         }
+        // Every class with Karras, exponential or beta sigmas reads `config.sigma_min` and
+        // `config.sigma_max` through hasattr, so a file's keys count even where `__init__` does
+        // not take them.
+        let hidden = |k: &str| {
+            matches!(k, "sigma_min" | "sigma_max")
+                && !matches!(class, Class::Ddim | Class::Ddpm | Class::EulerAncestral)
+        };
         let ignored: Vec<String> = file
             .keys()
-            .filter(|k| !k.starts_with('_') && !table.iter().any(|(t, _)| t == k))
+            .filter(|k| !k.starts_with('_') && !table.iter().any(|(t, _)| t == k) && !hidden(k))
             .cloned()
             .collect();
         let r = Reader {
@@ -577,7 +584,11 @@ impl Config {
             class,
             values,
         };
-        let mut remapped = Vec::new();
+        let mut remapped: Vec<String> = file
+            .keys()
+            .filter(|k| hidden(k) && !table.iter().any(|(t, _)| t == k))
+            .map(|k| format!("{k} is read from the file although {} does not take it (diffusers reads config.{k} through hasattr)", class.name()))
+            .collect();
         let schedule = betas(&r, class)?;
         let prediction = match r.choice(
             "prediction_type",
@@ -671,9 +682,6 @@ impl Config {
                 "learned variances need a model with 2d outputs",
             )?;
         }
-        // Every class with Karras, exponential or beta sigmas reads `config.sigma_min` and
-        // `config.sigma_max` through hasattr, so a file's keys count even where `__init__` does
-        // not take them.
         let mut sigma_range = [None, None];
         for (slot, k) in sigma_range.iter_mut().zip(["sigma_min", "sigma_max"]) {
             let v = match (r.has(k), file.get(k)) {

@@ -31,10 +31,12 @@
 //! reproduces each mismatch; `sample --explain` lists them.
 
 pub mod config;
+mod explain;
 mod steps;
 pub mod timesteps;
 
 pub use config::{Class, Config};
+pub use explain::{Equivalent, Explanation};
 pub use timesteps::Plan;
 
 use crate::error::{Error, Result};
