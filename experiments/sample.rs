@@ -1,9 +1,12 @@
 //! Runs one solver on one problem or network: `sample --problem NAME|FILE.json | --net
 //! FILE.safetensors [--schedule SPEC] --grid SPEC --solver SPEC --init XT.npy|prior|standard
 //! [--n N --seed S] [--class LABEL [--guidance SPEC]] --out X.npy [--record RUN.json]
-//! [--device cpu|cuda-f32|cuda-f64]`. See `sample --help`.
+//! [--device cpu|cuda-f32|cuda-f64]`, or replays a diffusers scheduler: `sample
+//! --scheduler-config scheduler_config.json --steps N [--scheduler-class NAME] [--eta E]
+//! [--explain] ...`. See `sample --help`.
 
 use clap::{CommandFactory, Parser, ValueEnum};
+use pfode::diffusers::{self, Scheduler};
 use pfode::flow_map::{self, net::FlowNet, FlowMap};
 use pfode::gmm::GaussianMixture;
 use pfode::grid::Grid;
@@ -11,6 +14,7 @@ use pfode::guidance::Guidance;
 use pfode::io::Outputs;
 use pfode::ndarray::Array2;
 use pfode::nn::{weights, Mlp};
+use pfode::solver::sde::Brownian;
 use pfode::solver::{self, Env, Model, SOLVERS};
 use pfode::{io, limits, problems, schedule, Counted, Error, NoiseLevel, Oracle, Result};
 use serde_json::{json, Map, Value};
@@ -62,11 +66,26 @@ Specs are NAME or NAME:key=value,key=value (every option has a default; an unkno
             every option and its counts (evaluations, guided ones, oracle calls: two per guided
             evaluation); --out and --record must be distinct files
 
+--scheduler-config  a diffusers scheduler_config.json (with --steps N instead of --schedule, --grid,
+            --solver): the pipeline loop of that scheduler, replayed in float64 (pfode::diffusers).
+            --init is the pipeline's unit-normal latents (a file, `standard`: seeded N(0, I), or
+            `prior`: exact draws of p_T at the first sigma, divided by init_noise_sigma); the
+            output is the scheduler's final sample; --record adds the timesteps, sigmas and
+            model_calls [{timestep, t, alpha, sigma}]. --scheduler-class NAME loads the file into
+            another class (diffusers' from_config); --eta is DDIMScheduler's; --noise-seed seeds
+            the stochastic classes' Brownian paths. --explain prints the pfode equivalent
+            (schedule, grid, solver) when one exists, the model calls whose level is not the
+            scheduler's own, and the differences from the official implementation, and exits.
+            Classes: DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+            DPMSolverSinglestepScheduler, DEISMultistepScheduler, UniPCMultistepScheduler,
+            HeunDiscreteScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+            LMSDiscreteScheduler.
+
 Errors are one line on stderr, exit status 2, and no output file is written or changed.";
 
 #[derive(Parser)]
 #[command(name = "sample", about = "Run one sampler on one problem or network")]
-#[command(group(clap::ArgGroup::new("oracle").required(true).args(["problem", "net", "flow_map"])))]
+#[command(group(clap::ArgGroup::new("oracle").args(["problem", "net", "flow_map"])))]
 struct Args {
     /// A built-in problem (ring2d, aniso16, gauss4, mix64, gauss2c, edm2_tree2d) or a mixture
     /// JSON file.
@@ -87,12 +106,29 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     gamma: f64,
     #[arg(long)]
-    grid: String,
-    #[arg(long, required_unless_present = "flow_map")]
+    grid: Option<String>,
+    #[arg(long)]
     solver: Option<String>,
+    /// A diffusers scheduler_config.json: replay that scheduler (with --steps, instead of
+    /// --schedule, --grid and --solver).
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
+    /// The number of inference steps of --scheduler-config.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// The scheduler class, replacing the file's _class_name (diffusers' Class.from_config).
+    #[arg(long)]
+    scheduler_class: Option<String>,
+    /// DDIMScheduler's eta (a pipeline argument).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// With --scheduler-config: print the scheduler in pfode's terms (equivalent schedule, grid
+    /// and solver; differences from the official implementation) and exit.
+    #[arg(long)]
+    explain: bool,
     /// An (N, d) .npy file, `prior` (exact p_T) or `standard` (N(0, sigma_T^2 I)).
     #[arg(long)]
-    init: String,
+    init: Option<String>,
     /// Rows drawn by --init prior|standard.
     #[arg(long)]
     n: Option<usize>,
@@ -100,7 +136,7 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     #[arg(long)]
     record: Option<PathBuf>,
     /// The seed of the Brownian paths of stochastic samplers (one path per row of --init).
@@ -182,7 +218,14 @@ impl Init {
     fn parse(args: &Args) -> Result<Init> {
         let n = args.n.unwrap_or(1000);
         let seed = args.seed.unwrap_or(0);
-        match args.init.as_str() {
+        let Some(text) = args.init.as_deref() else {
+            return Err(Error::invalid(
+                "--init",
+                None,
+                "required: an (N, d) .npy file, prior or standard",
+            ));
+        };
+        match text {
             "prior" => Ok(Init::Prior { n, seed }),
             "standard" => Ok(Init::Standard { n, seed }),
             path if args.n.is_none() && args.seed.is_none() => Ok(Init::File(path.into())),
@@ -245,8 +288,24 @@ fn initial(
 }
 
 fn run(args: &Args) -> Result<()> {
+    if let Some(path) = &args.scheduler_config {
+        return run_scheduler(args, path);
+    }
+    for (flag, given) in [
+        ("--steps", args.steps.is_some()),
+        ("--scheduler-class", args.scheduler_class.is_some()),
+        ("--eta", args.eta.is_some()),
+        ("--explain", args.explain),
+    ] {
+        if given {
+            return Err(Error::invalid(flag, None, "applies to --scheduler-config"));
+        }
+    }
+    let Some(out) = &args.out else {
+        return Err(Error::invalid("--out", None, "required"));
+    };
     let mut outputs = Outputs::new();
-    let out_slot = outputs.declare("--out", &args.out)?;
+    let out_slot = outputs.declare("--out", out)?;
     let record_slot = args
         .record
         .as_ref()
@@ -260,7 +319,7 @@ fn run(args: &Args) -> Result<()> {
         return Err(Error::invalid(
             "--solver",
             None,
-            "required with --problem or --net",
+            "required with --problem or --net (or --scheduler-config)",
         ));
     };
     let (source, name, trained_under, problem) = match (&args.problem, &args.net) {
@@ -348,7 +407,7 @@ fn run(args: &Args) -> Result<()> {
             ));
         }
     }
-    let grid = Grid::parse(&args.grid, schedule.as_ref())?;
+    let grid = Grid::parse(grid_arg(args)?, schedule.as_ref())?;
     let mixture = match &source {
         Source::Mixture(m) => Some(m),
         Source::Net(_) => problem.as_ref(),
@@ -420,7 +479,7 @@ fn run(args: &Args) -> Result<()> {
                     .collect::<Map<String, Value>>()
             }),
             "guidance_counts": guided.as_ref().map(|g| g.counts()),
-            "out": args.out.display().to_string(),
+            "out": out.display().to_string(),
             "n": x.nrows(),
             "pfode_version": env!("CARGO_PKG_VERSION"),
             "git_revision": io::git_revision(),
@@ -430,16 +489,196 @@ fn run(args: &Args) -> Result<()> {
     }
     outputs.set(out_slot, io::npy_bytes(&x)?);
     outputs.commit()?;
+    report(&x, out, oracle.nfe(), wall);
+    Ok(())
+}
+
+/// On a terminal, one line on stderr: the shape, the output, the NFE and the wall time.
+fn report(x: &Array2<f64>, out: &std::path::Path, nfe: usize, wall: f64) {
     if std::io::stderr().is_terminal() {
         eprintln!(
-            "sample: {} x {} -> {} (NFE {}, {wall:.3} s)",
+            "sample: {} x {} -> {} (NFE {nfe}, {wall:.3} s)",
             x.nrows(),
             x.ncols(),
-            args.out.display(),
-            oracle.nfe()
+            out.display()
         );
     }
+}
+
+fn grid_arg(args: &Args) -> Result<&str> {
+    args.grid
+        .as_deref()
+        .ok_or_else(|| Error::invalid("--grid", None, "required (or --scheduler-config)"))
+}
+
+/// `--scheduler-config`: the diffusers scheduler replayed on the problem or network.
+fn run_scheduler(args: &Args, path: &std::path::Path) -> Result<()> {
+    for (flag, given) in [
+        ("--solver", args.solver.is_some()),
+        ("--grid", args.grid.is_some()),
+        ("--schedule", args.schedule.is_some()),
+        ("--flow-map", args.flow_map.is_some()),
+        ("--class", args.class.is_some()),
+        ("--guidance", args.guidance.is_some()),
+    ] {
+        if given {
+            return Err(Error::invalid(
+                flag,
+                None,
+                "does not apply with --scheduler-config (the config defines the schedule, timesteps and steps)",
+            ));
+        }
+    }
+    let steps = args
+        .steps
+        .ok_or_else(|| Error::invalid("--steps", None, "required with --scheduler-config"))?;
+    let config = diffusers::config::read(path, args.scheduler_class.as_deref())?;
+    let scheduler = Scheduler::new(config, steps, args.eta.unwrap_or(0.0))?;
+    if args.explain {
+        print!("{}", scheduler.explain().text(&scheduler));
+        return Ok(());
+    }
+    let Some(out) = &args.out else {
+        return Err(Error::invalid("--out", None, "required"));
+    };
+    let mut outputs = Outputs::new();
+    let out_slot = outputs.declare("--out", out)?;
+    let record_slot = args
+        .record
+        .as_ref()
+        .map(|p| outputs.declare("--record", p))
+        .transpose()?;
+    let init = Init::parse(args)?;
+    let spec = scheduler.schedule().spec();
+    let (source, name, problem) = match (&args.problem, &args.net) {
+        (Some(p), _) => (
+            Source::Mixture(problems::load(p)?),
+            format!("problem '{p}'"),
+            None,
+        ),
+        (None, Some(p)) => {
+            let loaded = weights::load(p)?;
+            let file = p.display().to_string();
+            match loaded
+                .schedule()
+                .map(|s| schedule::parse(s).map(|s| s.spec()))
+            {
+                Some(Ok(s)) if s == spec => {}
+                other => {
+                    let had = match other {
+                        Some(Ok(s)) => s,
+                        _ => "none".into(),
+                    };
+                    return Err(Error::invalid(
+                        &file,
+                        Some("__metadata__.schedule".into()),
+                        format!("the network was trained under '{had}', not the config's '{spec}'"),
+                    ));
+                }
+            }
+            let problem = match (&init, loaded.problem()) {
+                (Init::Prior { .. }, Some(q)) => Some(problems::load(q)?),
+                _ => None,
+            };
+            (
+                Source::Net(loaded.net),
+                format!("network '{file}'"),
+                problem,
+            )
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "--problem",
+                None,
+                "--problem or --net is required",
+            ))
+        }
+    };
+    let (device_oracle, device) = on_device(&source, args.device)?;
+    let dim = device_oracle.dim();
+    let mixture = match &source {
+        Source::Mixture(m) => Some(m),
+        Source::Net(_) => problem.as_ref(),
+    };
+    let latents = scheduler_latents(&scheduler, &init, mixture, &name, dim)?;
+    let oracle = Counted::new(device_oracle.as_ref());
+    let clock = Instant::now();
+    let mut noise = Brownian::new(args.noise_seed);
+    let replay = scheduler.replay(&oracle, latents.view(), &mut noise)?;
+    let wall = clock.elapsed().as_secs_f64();
+    if let Some(slot) = record_slot {
+        let explanation = scheduler.explain();
+        let c = &scheduler.config;
+        let calls: Vec<Value> = replay
+            .calls
+            .iter()
+            .map(|k| json!({"timestep": k.timestep, "t": k.level.t, "alpha": k.level.alpha, "sigma": k.level.sigma}))
+            .collect();
+        let record = json!({
+            "scheduler_config": path.display().to_string(),
+            "class": c.class.name(),
+            "options": c.options.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Map<String, Value>>(),
+            "ignored": c.ignored,
+            "steps": steps,
+            "eta": scheduler.eta,
+            "schedule": spec,
+            "timesteps": scheduler.plan.timesteps,
+            "sigmas": scheduler.plan.sigmas,
+            "init_noise_sigma": scheduler.plan.init_noise_sigma,
+            "nfe": oracle.nfe(),
+            "model_calls": calls,
+            "equivalent": explanation.equivalent.as_ref().map(|e| json!({
+                "schedule": e.schedule, "grid": e.grid, "solver": e.solver,
+                "init_scale": e.init_scale, "output_scale": e.output_scale, "note": e.note,
+            })),
+            "problem": args.problem,
+            "net": args.net.as_ref().map(|p| p.display().to_string()),
+            "device": device.to_possible_value().map(|v| v.get_name().to_string()),
+            "init": init.record(),
+            "noise_seed": args.noise_seed,
+            "out": out.display().to_string(),
+            "n": replay.x.nrows(),
+            "pfode_version": env!("CARGO_PKG_VERSION"),
+            "git_revision": io::git_revision(),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+        });
+        outputs.set(slot, serde_json::to_vec_pretty(&record).expect("json"));
+    }
+    outputs.set(out_slot, io::npy_bytes(&replay.x)?);
+    outputs.commit()?;
+    report(&replay.x, out, oracle.nfe(), wall);
     Ok(())
+}
+
+/// The pipeline's unit-normal latents: a file, seeded N(0, I) (`standard`), or (`prior`) exact
+/// draws of p_T at the scheduler's first level, in its coordinates, divided by
+/// `init_noise_sigma`.
+fn scheduler_latents(
+    s: &Scheduler,
+    init: &Init,
+    problem: Option<&GaussianMixture>,
+    name: &str,
+    dim: usize,
+) -> Result<Array2<f64>> {
+    let s0 = s.plan.sigmas[0];
+    let alpha = 1.0 / (s0 * s0 + 1.0).sqrt();
+    let at = NoiseLevel::of(alpha, s0 * alpha);
+    let x = match init {
+        Init::Standard { n, seed } => {
+            limits::elements("--n", "rows", *n, dim)?;
+            pfode::rng::standard_normal(*n, dim, *seed, 0)
+        }
+        Init::Prior { .. } => {
+            let coordinates = if s.config.class.ve() {
+                1.0 / alpha
+            } else {
+                1.0
+            };
+            initial(init, problem, name, dim, &at)? * (coordinates / s.plan.init_noise_sigma)
+        }
+        Init::File(_) => initial(init, problem, name, dim, &at)?,
+    };
+    Ok(x)
 }
 
 /// `--flow-map`: the map applied along the grid (`levels[:steps=K]` is every N/K-th of the map's
@@ -478,8 +717,9 @@ fn run_flow_map(
         }
     }
     let schedule = map.schedule.as_ref();
-    let times = if args.grid == "levels" || args.grid.starts_with("levels:") {
-        let mut spec = pfode::spec::Spec::parse("grid", &args.grid)?;
+    let grid = grid_arg(args)?;
+    let times = if grid == "levels" || grid.starts_with("levels:") {
+        let mut spec = pfode::spec::Spec::parse("grid", grid)?;
         let levels = map.levels.clone().ok_or_else(|| {
             Error::invalid(
                 &file,
@@ -496,7 +736,7 @@ fn run_flow_map(
             ))
         })?
     } else {
-        Grid::parse(&args.grid, schedule)?.times
+        Grid::parse(grid, schedule)?.times
     };
     let problem = match (init, map.metadata.get("problem")) {
         (Init::Prior { .. }, Some(p)) => Some(problems::load(p).map_err(|e| {
@@ -525,13 +765,13 @@ fn run_flow_map(
             "flow_map": file,
             "param": map.param.name(),
             "schedule": schedule.spec(),
-            "grid": args.grid,
+            "grid": grid,
             "times": times,
             "gamma": args.gamma,
             "noise_seed": args.noise_seed,
             "calls": map.calls(),
             "init": init.record(),
-            "out": args.out.display().to_string(),
+            "out": args.out.as_ref().map(|p| p.display().to_string()),
             "n": x.nrows(),
             "pfode_version": env!("CARGO_PKG_VERSION"),
             "git_revision": io::git_revision(),

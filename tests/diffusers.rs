@@ -219,3 +219,248 @@ fn explained_equivalents_reproduce_the_replay() {
         assert_eq!(exact > 0, expected, "{}: {exact} equivalents", class.name());
     }
 }
+
+fn sample_bin(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sample"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pfode-diffusers-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Bad or unsupported configs: one line on stderr naming the file, field and reason, exit 2, no
+/// output file.
+#[test]
+fn bad_configs_are_one_line_errors() {
+    let dir = scratch("bad");
+    let out = dir.join("x.npy");
+    let cases: &[(&str, &str, &str)] = &[
+        ("{\"_class_name\": ", "5", "not valid JSON"),
+        ("[1, 2]", "5", "expected a JSON object"),
+        ("{}", "5", "field `_class_name`: missing"),
+        ("{\"_class_name\": \"PNDMScheduler\"}", "5", "'PNDMScheduler' is not replayed by pfode"),
+        ("{\"_class_name\": \"DDIMScheduler\", \"beta_schedule\": \"cosine\"}", "5", "field `beta_schedule`: 'cosine' is not a value DDIMScheduler accepts"),
+        ("{\"_class_name\": \"DDPMScheduler\", \"beta_schedule\": \"sigmoid\"}", "5", "field `beta_schedule`: 'sigmoid' is not implemented by pfode"),
+        ("{\"_class_name\": \"DPMSolverMultistepScheduler\", \"use_flow_sigmas\": true}", "5", "field `use_flow_sigmas`: true is not implemented by pfode"),
+        ("{\"_class_name\": \"DPMSolverMultistepScheduler\", \"solver_order\": 4}", "5", "field `solver_order`: 4 is not in 1..=3"),
+        ("{\"_class_name\": \"DPMSolverMultistepScheduler\", \"algorithm_type\": \"dpmsolver\"}", "5", "field `final_sigmas_type`: 'zero' is not supported for algorithm_type 'dpmsolver'"),
+        ("{\"_class_name\": \"DPMSolverMultistepScheduler\", \"algorithm_type\": \"sde-dpmsolver\", \"final_sigmas_type\": \"sigma_min\", \"solver_order\": 3}", "5", "no third-order update"),
+        ("{\"_class_name\": \"EulerDiscreteScheduler\", \"use_karras_sigmas\": true, \"use_beta_sigmas\": true}", "5", "only one of use_karras_sigmas"),
+        ("{\"_class_name\": \"EulerDiscreteScheduler\", \"beta_end\": \"0.012\"}", "5", "field `beta_end`: expected a finite number"),
+        ("{\"_class_name\": \"EulerDiscreteScheduler\", \"beta_start\": 0.02, \"beta_end\": 0.01}", "5", "need 0 < beta_start < beta_end < 1"),
+        ("{\"_class_name\": \"EulerAncestralDiscreteScheduler\", \"prediction_type\": \"sample\"}", "5", "NotImplementedError"),
+        ("{\"_class_name\": \"UniPCMultistepScheduler\", \"solver_p\": {}}", "5", "field `solver_p`"),
+        ("{\"_class_name\": \"UniPCMultistepScheduler\", \"disable_corrector\": [\"a\"]}", "5", "field `disable_corrector`"),
+        ("{\"_class_name\": \"DDPMScheduler\", \"variance_type\": \"learned\"}", "5", "'learned' is not implemented by pfode"),
+        ("{\"_class_name\": \"DDIMScheduler\", \"trained_betas\": [0.1, 2.0]}", "5", "beta 1 = 2 is not in (0, 1)"),
+        ("{\"_class_name\": \"DDIMScheduler\"}", "1001", "must be in 1..=1000"),
+        ("{\"_class_name\": \"DDIMScheduler\", \"timestep_spacing\": \"trailing\"}", "61", "gives 62 timesteps"),
+        ("{\"_class_name\": \"DDIMScheduler\", \"steps_offset\": 5}", "1000", "timestep 1004 is outside 0..=999"),
+        ("{\"_class_name\": \"UniPCMultistepScheduler\", \"solver_type\": \"bh1\"}", "8", "NaN in diffusers"),
+        ("{\"_class_name\": \"DDIMScheduler\", \"rescale_betas_zero_snr\": true, \"timestep_spacing\": \"trailing\", \"clip_sample\": false}", "8", "cannot convert a eps prediction to x0"),
+    ];
+    for (i, (text, steps, needle)) in cases.iter().enumerate() {
+        let file = dir.join(format!("c{i}.json"));
+        std::fs::write(&file, text).unwrap();
+        let f = file.to_str().unwrap();
+        let (code, _, err) = sample_bin(&[
+            "--scheduler-config",
+            f,
+            "--steps",
+            steps,
+            "--problem",
+            "ring2d",
+            "--init",
+            "standard",
+            "--n",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{text}: {err}");
+        assert!(err.contains(needle), "{text}: expected '{needle}' in {err}");
+        if !needle.contains("NaN") && !needle.contains("cannot convert") {
+            assert!(
+                err.contains(f) || err.contains("--steps"),
+                "{text}: the file is not named: {err}"
+            );
+        }
+        assert!(!out.exists(), "{text}: an output was written");
+    }
+    let good = dir.join("good.json");
+    std::fs::write(&good, "{\"_class_name\": \"DDIMScheduler\"}").unwrap();
+    let g = good.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["--scheduler-config", g, "--problem", "ring2d"],
+            "--steps",
+        ),
+        (
+            vec![
+                "--scheduler-config",
+                g,
+                "--steps",
+                "5",
+                "--solver",
+                "ddim",
+                "--problem",
+                "ring2d",
+            ],
+            "--solver",
+        ),
+        (
+            vec![
+                "--scheduler-config",
+                g,
+                "--steps",
+                "5",
+                "--grid",
+                "logsnr",
+                "--problem",
+                "ring2d",
+            ],
+            "--grid",
+        ),
+        (
+            vec![
+                "--scheduler-config",
+                g,
+                "--steps",
+                "5",
+                "--eta",
+                "2",
+                "--problem",
+                "ring2d",
+                "--init",
+                "standard",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            "--eta",
+        ),
+        (
+            vec![
+                "--steps",
+                "5",
+                "--problem",
+                "ring2d",
+                "--grid",
+                "logsnr",
+                "--solver",
+                "ddim",
+                "--init",
+                "standard",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            "applies to --scheduler-config",
+        ),
+    ] {
+        let (code, _, err) = sample_bin(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected '{needle}' in {err}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// `sample --scheduler-config` writes the sample and a record with the model calls; `--explain`
+/// prints the mapping; Python's `-Infinity` (diffusers' lambda_min_clipped) is read; keys of other
+/// classes are ignored, and `sigma_min` counts where diffusers reads it through hasattr.
+#[test]
+fn sample_replays_a_config_file() {
+    let dir = scratch("cli");
+    let file = dir.join("scheduler_config.json");
+    std::fs::write(
+        &file,
+        "{\"_class_name\": \"PNDMScheduler\", \"beta_schedule\": \"scaled_linear\", \"beta_start\": 0.00085, \"beta_end\": 0.012, \"lambda_min_clipped\": -Infinity, \"skip_prk_steps\": true, \"set_alpha_to_one\": false, \"steps_offset\": 1}",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (out, rec) = (dir.join("x.npy"), dir.join("r.json"));
+    let (code, stdout, err) = sample_bin(&[
+        "--scheduler-config",
+        f,
+        "--scheduler-class",
+        "DPMSolverMultistepScheduler",
+        "--steps",
+        "10",
+        "--explain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("--solver dpm-solver++:order=2,type=dpmsolver,lower_order_final=true,lower_order_final_below=15"), "{stdout}");
+    assert!(stdout.contains("ignored (not options of DPMSolverMultistepScheduler; diffusers ignores them too): set_alpha_to_one, skip_prk_steps"), "{stdout}");
+    assert!(stdout.contains("lambda_min_clipped = -inf"), "{stdout}");
+    let (code, _, err) = sample_bin(&[
+        "--scheduler-config",
+        f,
+        "--scheduler-class",
+        "DPMSolverMultistepScheduler",
+        "--steps",
+        "10",
+        "--problem",
+        "gauss4",
+        "--init",
+        "standard",
+        "--n",
+        "64",
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let x = pfode::io::read_npy(&out).unwrap();
+    assert_eq!(x.dim(), (64, 4));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rec).unwrap()).unwrap();
+    assert_eq!(r["nfe"], 10);
+    assert_eq!(r["model_calls"].as_array().unwrap().len(), 10);
+    assert_eq!(r["model_calls"][0]["timestep"], 999.0);
+    assert_eq!(r["timesteps"][9], 100.0); // round(99.9)
+    assert_eq!(r["class"], "DPMSolverMultistepScheduler");
+    assert!(r["equivalent"]["solver"]
+        .as_str()
+        .unwrap()
+        .starts_with("dpm-solver++"));
+    // The same run through the library, from the same seeded latents.
+    let config =
+        pfode::diffusers::config::read(&file, Some("DPMSolverMultistepScheduler")).unwrap();
+    let s = Scheduler::new(config, 10, 0.0).unwrap();
+    let latents = pfode::rng::standard_normal(64, 4, 3, 0);
+    let mixture = problems::load("gauss4").unwrap();
+    let replay = s
+        .replay(
+            &mixture,
+            latents.view(),
+            &mut pfode::solver::sde::Brownian::new(0),
+        )
+        .unwrap();
+    assert_eq!(replay.x, x);
+    // sigma_min in the file counts for Euler's Karras sigmas (and for DPM-Solver's, through
+    // hasattr, although it is not one of its options).
+    let karras = |class: &str| {
+        let text = "{\"use_karras_sigmas\": true, \"sigma_min\": 0.1, \"beta_schedule\": \"scaled_linear\", \"beta_start\": 0.00085, \"beta_end\": 0.012}";
+        let c = Config::parse(text, "k", Some(class)).unwrap();
+        let s = Scheduler::new(c, 6, 0.0).unwrap();
+        s.plan.sigmas[5]
+    };
+    assert!((karras("EulerDiscreteScheduler") - 0.1).abs() < 1e-12);
+    assert!((karras("DPMSolverMultistepScheduler") - 0.1).abs() < 1e-12);
+}

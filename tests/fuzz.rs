@@ -339,3 +339,51 @@ fn safetensors_headers_never_panic() {
         });
     }
 }
+
+#[test]
+fn scheduler_configs_never_panic() {
+    use pfode::diffusers::{Class, Config, Scheduler};
+    let text = std::fs::read_to_string("tests/fixtures/diffusers.json").unwrap();
+    let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let valid: Vec<String> = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["config"].to_string())
+        .collect();
+    let mixture = problems::load("gauss4").unwrap();
+    let latents = pfode::rng::standard_normal(2, 4, 1, 0);
+    for case in 0..cases(3000) {
+        let mut g = Gen::new(5, case);
+        let mut value: serde_json::Value =
+            serde_json::from_str(&valid[g.below(valid.len())]).unwrap();
+        let class = Class::ALL[g.below(Class::ALL.len())];
+        for _ in 0..1 + g.below(3) {
+            let keys = class.options();
+            let key = keys[g.below(keys.len())].0;
+            let raw = g.value();
+            let v = serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw));
+            value[key] = v;
+        }
+        let mut bytes = value.to_string().into_bytes();
+        if g.chance(0.2) {
+            g.mutate(&mut bytes);
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let steps = *g.pick(&[&0usize, &1, &2, &3, &5, &7, &12, &25, &61, &1000, &1001]);
+        let class_name = g.chance(0.5).then(|| class.name());
+        check("diffusers config", &(&text, steps), || {
+            let config = Config::parse(&text, "fuzz.json", class_name)?;
+            let s = Scheduler::new(config, steps, 0.0)?;
+            s.explain();
+            if steps <= 25 {
+                s.replay(
+                    &mixture,
+                    latents.view(),
+                    &mut pfode::solver::sde::Brownian::new(0),
+                )?;
+            }
+            Ok(())
+        });
+    }
+}

@@ -553,7 +553,7 @@ impl Config {
                 source,
                 Some("_class_name".into()),
                 format!(
-                    "scheduler class '{name}' is not replayed by pfode (replayed: {})",
+                    "scheduler class '{name}' is not replayed by pfode (replayed: {}; --scheduler-class loads the file into one of them, as diffusers' from_config)",
                     names.join(", ")
                 ),
             )

@@ -261,16 +261,11 @@ impl Scheduler {
                 ((1.0 - self.alphas_cumprod[n_train - 1]) / self.alphas_cumprod[n_train - 1]).sqrt()
             ));
         }
-        match c.class {
-            Class::DpmMultistep | Class::Deis => {
-                if c.lower_order_final {
-                    out.push(format!(
-                        "lower_order_final lowers the order of the last steps below 15 steps (the official code: below 10){}",
-                        if n < 15 && n >= 10 { " - it applies to this run" } else { "" }
-                    ));
-                }
-            }
-            _ => {}
+        if matches!(c.class, Class::DpmMultistep | Class::Deis) && c.lower_order_final {
+            out.push(format!(
+                "lower_order_final lowers the order of the last steps below 15 steps (the official code: below 10){}",
+                if (10..15).contains(&n) { " - it applies to this run" } else { "" }
+            ));
         }
         if matches!(
             c.class,
@@ -331,7 +326,7 @@ impl Scheduler {
         }
         if c.class == Class::Ddim {
             let ratio = n_train / n;
-            if n_train % n != 0 || c.spacing != Spacing::Leading {
+            if !n_train.is_multiple_of(n) || c.spacing != Spacing::Leading {
                 out.push(format!("each step lands on t - {ratio} (num_train_timesteps // n), whatever the next timestep"));
             }
             if !c.set_alpha_to_one {
@@ -361,6 +356,10 @@ impl Scheduler {
             ));
             if c.class == Class::Euler && !c.final_zero {
                 out.push(format!("final_sigmas_type=\"sigma_min\": the sample ends at sigma/alpha = {sigma_min:.4}, in x/alpha"));
+            }
+            let fractional = plan.timesteps.iter().any(|t| t.fract() != 0.0);
+            if fractional && c.sigmas == Sigmas::Spaced && !c.log_linear && !c.continuous {
+                out.push("fractional timesteps: the step's sigma is interpolated linearly in sigma (np.interp), while the timestep's noise level is log-linear (the inverse of _sigma_to_t)".into());
             }
             if c.log_linear {
                 out.push("interpolation_type=\"log_linear\": n + 1 sigmas log-linear in sigma, the model still called at the linspace timesteps".into());
@@ -429,7 +428,12 @@ impl Explanation {
         }
         t += "options:\n";
         for (k, v) in &c.options {
-            t += &format!("  {k} = {v}\n");
+            match (*k, v) {
+                ("lambda_min_clipped", serde_json::Value::Null) => {
+                    t += "  lambda_min_clipped = -inf\n"
+                }
+                _ => t += &format!("  {k} = {v}\n"),
+            }
         }
         if !c.ignored.is_empty() {
             t += &format!(

@@ -264,7 +264,10 @@ pub fn plan(config: &Config, ac: &[f64], n: usize) -> Result<Plan> {
                 ac[0]
             };
             let rho = |t: f64| -> f64 {
-                let a = if t < 0.0 { final_ac } else { ac[t as usize] };
+                let a = match t {
+                    t if t < 0.0 => final_ac,
+                    t => ac.get(t as usize).copied().unwrap_or(f64::NAN),
+                };
                 ((1.0 - a) / a).sqrt()
             };
             plan.sigmas = ts.iter().map(|&t| rho(t)).collect();
