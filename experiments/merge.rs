@@ -3,12 +3,8 @@
 //! from its provenance, which lists the parts' provenance under `merged_from`.
 
 use clap::Parser;
-use pfode::study::convergence::Convergence;
-use pfode::study::learned::Learned;
-use pfode::study::ot_gap::OtGap;
-use pfode::study::sde::Sde;
-use pfode::study::{self, kind_of};
-use pfode::{Error, Result};
+use pfode::study;
+use pfode::Result;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -24,24 +20,9 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let kind = kind_of(&args.parts[0])?;
+    let kind = study::kind(&args.parts[0])?;
     let parts: Vec<&Path> = args.parts.iter().map(|p| p.as_path()).collect();
-    match kind.as_str() {
-        "convergence" => study::merge::<Convergence>(&parts, &args.out).map(|_| ()),
-        "ot_gap" => study::merge::<OtGap>(&parts, &args.out).map(|_| ()),
-        "flow_maps" => study::merge::<pfode::study::flow_maps::FlowMaps>(&parts, &args.out)
-            .map(|_| ()),
-        "likelihood" => {
-            study::merge::<pfode::study::likelihood::LikelihoodStudy>(&parts, &args.out).map(|_| ())
-        }
-        "sde" => study::merge::<Sde>(&parts, &args.out).map(|_| ()),
-        "learned_vs_exact" => study::merge::<Learned>(&parts, &args.out).map(|_| ()),
-        other => Err(Error::invalid(
-            args.parts[0].display().to_string(),
-            Some("kind".into()),
-            format!("cannot merge results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, flow_maps, likelihood)"),
-        )),
-    }
+    (kind.merge)(&parts, &args.out)
 }
 
 fn main() {

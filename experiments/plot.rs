@@ -5,7 +5,7 @@
 use clap::Parser;
 use pfode::study::convergence::{Convergence, METRICS};
 use pfode::study::plot::Backdrop;
-use pfode::study::{self, kind_of, learned::Learned, ot_gap::OtGap, plot, sde::Sde};
+use pfode::study::{self, kind_of, plot};
 use pfode::{problems, schedule, Error, Oracle, Result};
 use std::path::{Path, PathBuf};
 
@@ -160,50 +160,23 @@ fn run(args: &Args) -> Result<()> {
             mkdir()?;
             plot::convergence(&doc, &args.out_dir, &args.metric)?
         }
-        "ot_gap" => {
-            let doc = study::read::<OtGap>(&args.results)?;
-            mkdir()?;
-            plot::ot_gap(&doc, &args.out_dir)?
-        }
-        "sde" => {
-            let doc = study::read::<Sde>(&args.results)?;
-            mkdir()?;
-            plot::sde(&doc, &args.out_dir)?
-        }
-        "learned_vs_exact" => {
-            let doc = study::read::<Learned>(&args.results)?;
-            mkdir()?;
-            plot::learned(&doc, &args.out_dir)?
-        }
-        "guidance" => {
-            let doc = study::read::<pfode::study::guidance::GuidanceStudy>(&args.results)?;
-            mkdir()?;
-            plot::guidance(&doc, &args.out_dir)?
-        }
-        "flow_maps" => {
-            let doc = study::read::<pfode::study::flow_maps::FlowMaps>(&args.results)?;
-            mkdir()?;
-            plot::flow_maps(&doc, &args.out_dir)?
-        }
-        "likelihood" => {
-            let doc = study::read::<pfode::study::likelihood::LikelihoodStudy>(&args.results)?;
-            mkdir()?;
-            plot::likelihood(&doc, &args.out_dir)?
-        }
         "train" | "distill" => {
-            let text = std::fs::read_to_string(&args.results).map_err(|e| Error::io(&args.results, e))?;
+            let text =
+                std::fs::read_to_string(&args.results).map_err(|e| Error::io(&args.results, e))?;
             let log: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::invalid(args.results.display().to_string(), None, format!("not JSON: {e}"))
+                Error::invalid(
+                    args.results.display().to_string(),
+                    None,
+                    format!("not JSON: {e}"),
+                )
             })?;
             mkdir()?;
             plot::train_log(&log, &args.results, &args.out_dir)?
         }
-        other => {
-            return Err(Error::invalid(
-                args.results.display().to_string(),
-                Some("kind".into()),
-                format!("no plots for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, flow_maps, likelihood, train, distill)"),
-            ))
+        _ => {
+            let kind = study::kind(&args.results)?;
+            mkdir()?;
+            (kind.plot)(&args.results, &args.out_dir)?
         }
     };
     for f in files {

@@ -56,11 +56,7 @@ fn main_study(args: &Args) -> Result<()> {
         ("convergence", table::convergence(&conv), &conv.provenance),
         ("ot_gap", table::ot_gap(&ot), &ot.provenance),
     ] {
-        for (ext, text) in [("md", table::markdown(&t, p)), ("tex", table::latex(&t, p))] {
-            let path = tables.join(format!("{kind}.{ext}"));
-            io::write_atomic(&path, text.as_bytes())?;
-            files.push(path);
-        }
+        files.extend(table::write(&t, p, &tables, kind)?);
     }
     println!(
         "wrote {} and {} ({} points, {} fits), {} figure and table files",

@@ -2,8 +2,8 @@
 //! KIND.md (Markdown) and KIND.tex (LaTeX, booktabs). See `pfode::study::table`.
 
 use clap::Parser;
-use pfode::study::{self, convergence::Convergence, kind_of, ot_gap::OtGap, sde::Sde, table};
-use pfode::{io, Error, Result};
+use pfode::study::{self, table};
+use pfode::Result;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -18,52 +18,9 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let kind = kind_of(&args.results)?;
-    let (tables, provenance) = match kind.as_str() {
-        "convergence" => {
-            let doc = study::read::<Convergence>(&args.results)?;
-            (table::convergence(&doc), doc.provenance)
-        }
-        "ot_gap" => {
-            let doc = study::read::<OtGap>(&args.results)?;
-            (table::ot_gap(&doc), doc.provenance)
-        }
-        "sde" => {
-            let doc = study::read::<Sde>(&args.results)?;
-            (table::sde(&doc), doc.provenance)
-        }
-        "learned_vs_exact" => {
-            let doc = study::read::<pfode::study::learned::Learned>(&args.results)?;
-            (table::learned(&doc), doc.provenance)
-        }
-        "guidance" => {
-            let doc = study::read::<pfode::study::guidance::GuidanceStudy>(&args.results)?;
-            (table::guidance(&doc), doc.provenance)
-        }
-        "flow_maps" => {
-            let doc = study::read::<pfode::study::flow_maps::FlowMaps>(&args.results)?;
-            (table::flow_maps(&doc), doc.provenance)
-        }
-        "likelihood" => {
-            let doc = study::read::<pfode::study::likelihood::LikelihoodStudy>(&args.results)?;
-            (table::likelihood(&doc), doc.provenance)
-        }
-        other => {
-            return Err(Error::invalid(
-                args.results.display().to_string(),
-                Some("kind".into()),
-                format!(
-                    "no tables for results of kind '{other}' (valid: convergence, ot_gap, sde, learned_vs_exact, guidance, flow_maps, likelihood)"
-                ),
-            ))
-        }
-    };
-    for (ext, text) in [
-        ("md", table::markdown(&tables, &provenance)),
-        ("tex", table::latex(&tables, &provenance)),
-    ] {
-        let path = args.out_dir.join(format!("{kind}.{ext}"));
-        io::write_atomic(&path, text.as_bytes())?;
+    let kind = study::kind(&args.results)?;
+    let (tables, provenance) = (kind.tables)(&args.results)?;
+    for path in table::write(&tables, &provenance, &args.out_dir, kind.name)? {
         println!("{}", path.display());
     }
     Ok(())

@@ -154,3 +154,18 @@ fn likelihood_results_match_the_code() {
         assert!(p.rms_error < 1e-8, "{}: {}", p.key, p.rms_error);
     }
 }
+
+#[test]
+fn conventions_results_match_the_code() {
+    use pfode::study::conventions::{self as conv, Conventions};
+    let doc = committed::<Conventions>("results/conventions.json");
+    same_config(&doc, &conv::Config::main());
+    let study = Conventions::default();
+    for key in [
+        "ring2d|scaled_linear|sigmas|karras",
+        "gauss4|linear|implementation (DPM-Solver++ 2M)|official",
+        "gauss4|scaled_linear|timestep_spacing (DDIM)|leading",
+    ] {
+        recompute(&study, &doc, key);
+    }
+}

@@ -368,3 +368,111 @@ fn bad_input_is_one_line_exit_2_and_no_output() {
         assert!(!out.exists(), "{name} {args:?} left an output");
     }
 }
+
+fn conventions_bin(args: &[&str], threads: usize) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_conventions"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The convention study: the same document at 1 and 2 threads and from two merged shards; its
+/// plots and tables; the flips of the summary; bad options are one line, exit 2, no output.
+#[test]
+fn conventions_study_is_deterministic_and_merges() {
+    let dir = scratch_dir("conventions");
+    let mini = [
+        "--problems",
+        "gauss4,ring2d",
+        "--betas",
+        "scaled_linear",
+        "--nfe",
+        "5,10",
+        "--samples",
+        "16",
+    ];
+    let mut docs = Vec::new();
+    for (threads, name) in [(1, "a"), (2, "b")] {
+        let out = dir.join(name).join("conventions.json");
+        let o = out.display().to_string();
+        let mut args = mini.to_vec();
+        args.extend(["--out", &o]);
+        let (code, stdout, err) = conventions_bin(&args, threads);
+        assert_eq!(code, 0, "{err}");
+        assert!(stdout.contains("figure and table files"), "{stdout}");
+        assert!(dir.join(name).join("tables/conventions.md").exists());
+        assert!(dir.join(name).join("plots/conventions_sigmas.png").exists());
+        assert!(dir.join(name).join("plots/conventions_ratios.svg").exists());
+        docs.push(without_provenance(load(&out)));
+    }
+    assert_eq!(docs[0], docs[1], "1 and 2 threads");
+    let mut parts = Vec::new();
+    for i in 1..=2 {
+        let out = dir.join(format!("shard{i}.json"));
+        let (o, s) = (out.display().to_string(), format!("{i}/2"));
+        let mut args = mini.to_vec();
+        args.extend(["--out", &o, "--shard", &s]);
+        let (code, _, err) = conventions_bin(&args, 2);
+        assert_eq!(code, 0, "{err}");
+        parts.push(o);
+    }
+    let merged = dir.join("merged.json");
+    let m = merged.display().to_string();
+    let (code, _, err) = run("merge", &["--out", &m, &parts[0], &parts[1]], 2);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(without_provenance(load(&merged)), docs[0], "merged shards");
+    let doc = &docs[0];
+    let points = doc["points"].as_array().unwrap();
+    let variants = doc["config"]["variants"].as_array().unwrap().len();
+    assert_eq!(
+        points.len(),
+        2 * variants * 2,
+        "2 problems x variants x 2 NFE"
+    );
+    let flips = doc["summary"]["flips"].as_array().unwrap();
+    let bases = doc["config"]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["base"] == true)
+        .count();
+    assert_eq!(flips.len(), variants - bases);
+    for p in points {
+        assert_eq!(
+            p["nfe"], p["steps"],
+            "every variant calls the model once a step"
+        );
+        assert!(p["err_rms"].as_f64().unwrap() > 0.0);
+        assert_eq!(p["w2"].is_null(), p["problem"] != "gauss4");
+    }
+    let (t, tp) = (dir.join("t"), dir.join("a/conventions.json"));
+    let (code, _, err) = run(
+        "table",
+        &[tp.to_str().unwrap(), "--out-dir", t.to_str().unwrap()],
+        2,
+    );
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(t.join("conventions.md")).unwrap();
+    assert!(md.contains("| sigmas | default -> karras |"), "{md}");
+    for (args, needle) in [
+        (vec!["--betas", "cosine"], "--betas: unknown 'cosine'"),
+        (vec!["--nfe", "0"], "--nfe: target 0"),
+        (vec!["--problems", "nope"], "nope"),
+    ] {
+        let out = dir.join("bad.json");
+        let o = out.display().to_string();
+        let mut a = args.clone();
+        a.extend(["--out", &o]);
+        let (code, _, err) = conventions_bin(&a, 2);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(!out.exists());
+    }
+}

@@ -91,6 +91,9 @@ impl Scheduler {
                 ss[ss.len() - 1]
             ));
         }
+        if self.alphas_cumprod.windows(2).any(|w| w[1] >= w[0]) {
+            blockers.push("alphas_cumprod is not monotone (the zero-SNR clamp to 2^-24 exceeds the value before it)".into());
+        }
         if c.clip.is_some() || c.threshold.is_some() {
             blockers.push("x0 is clipped or thresholded; no pfode solver does that".into());
         }

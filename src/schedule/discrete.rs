@@ -30,7 +30,9 @@
 //!   then turned back into betas; `true` keeps alphas_cumprod_{N-1} = 0 (alpha = 0, lambda = -inf,
 //!   as diffusers' DDIM and DDPM schedulers), `clamped` sets it to 2^-24 (as their Euler, Euler
 //!   ancestral, DPM-Solver multistep and UniPC schedulers do). A segment with an infinite end
-//!   interpolates alpha itself linearly.
+//!   interpolates alpha itself linearly. With `linear` betas the clamp raises the last
+//!   alphas_cumprod above the one before (4.2e-9, then 2^-24); pfode keeps it, as diffusers does,
+//!   and t(lambda) is then not unique near t = 1.
 //!
 //! Everything is float64 (diffusers computes its betas and alphas_cumprod in float32). linspace
 //! follows NumPy (start + i step, the last point exactly the end).
@@ -242,8 +244,23 @@ impl Discrete {
             .iter()
             .map(|ac| 0.5 * ac.ln())
             .collect();
-        if log_alpha.windows(2).any(|w| w[1] >= w[0] || w[1].is_nan()) {
-            return Err(bad("alphas_cumprod must strictly decrease".into()));
+        // diffusers' clamp to 2^-24 can raise the last value above the one before (linear betas:
+        // 4.2e-9, then 2^-24); it is kept, as there.
+        let checked = match options.zero_snr {
+            ZeroSnr::Clamped => log_alpha.len() - 1,
+            _ => log_alpha.len(),
+        };
+        if let Some(i) = log_alpha[..checked]
+            .windows(2)
+            .position(|w| w[1] >= w[0] || w[1].is_nan())
+        {
+            return Err(bad(format!(
+                "alphas_cumprod must strictly decrease (timestep {}: {:e}, {}: {:e})",
+                i,
+                (2.0 * log_alpha[i]).exp(),
+                i + 1,
+                (2.0 * log_alpha[i + 1]).exp()
+            )));
         }
         let lambda = |la: f64| la - 0.5 * (-(2.0 * la).exp_m1()).ln();
         if options.clip {

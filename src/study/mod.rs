@@ -18,6 +18,7 @@
 //!   stored in the canonical unit order, so the document (less its provenance) is the same at any
 //!   thread count, with or without sharding and resuming.
 
+pub mod conventions;
 pub mod convergence;
 pub mod flow_maps;
 pub mod guidance;
@@ -498,6 +499,97 @@ pub fn merge<S: Study>(inputs: &[&Path], out: &Path) -> Result<Doc<S>> {
     let doc = assemble::<S>(&config, &units, &all, Provenance::now(seed), None, sources);
     write(out, &doc)?;
     Ok(doc)
+}
+
+/// A study kind as the `merge`, `plot` and `table` binaries see it: how to merge its files, plot
+/// one and tabulate one.
+pub struct Kind {
+    pub name: &'static str,
+    pub merge: fn(&[&Path], &Path) -> Result<()>,
+    pub plot: fn(&Path, &Path) -> Result<Vec<std::path::PathBuf>>,
+    pub tables: fn(&Path) -> Result<Tables>,
+}
+
+/// A results file's tables and its provenance.
+pub type Tables = (Vec<table::Table>, Provenance);
+
+macro_rules! kind {
+    ($name:literal, $study:ty, $plot:path, $table:path) => {
+        Kind {
+            name: $name,
+            merge: |parts, out| merge::<$study>(parts, out).map(|_| ()),
+            plot: |path, dir| $plot(&read::<$study>(path)?, dir),
+            tables: |path| {
+                let doc = read::<$study>(path)?;
+                Ok(($table(&doc), doc.provenance))
+            },
+        }
+    };
+}
+
+fn plot_convergence(
+    doc: &Doc<convergence::Convergence>,
+    dir: &Path,
+) -> Result<Vec<std::path::PathBuf>> {
+    plot::convergence(doc, dir, "err_rms")
+}
+
+/// Every study kind.
+pub const KINDS: &[Kind] = &[
+    kind!(
+        "convergence",
+        convergence::Convergence,
+        plot_convergence,
+        table::convergence
+    ),
+    kind!("ot_gap", ot_gap::OtGap, plot::ot_gap, table::ot_gap),
+    kind!("sde", sde::Sde, plot::sde, table::sde),
+    kind!(
+        "learned_vs_exact",
+        learned::Learned,
+        plot::learned,
+        table::learned
+    ),
+    kind!(
+        "guidance",
+        guidance::GuidanceStudy,
+        plot::guidance,
+        table::guidance
+    ),
+    kind!(
+        "flow_maps",
+        flow_maps::FlowMaps,
+        plot::flow_maps,
+        table::flow_maps
+    ),
+    kind!(
+        "likelihood",
+        likelihood::LikelihoodStudy,
+        plot::likelihood,
+        table::likelihood
+    ),
+    kind!(
+        "conventions",
+        conventions::Conventions,
+        plot::conventions,
+        table::conventions
+    ),
+];
+
+/// The kind of the results file at `path`, or an error naming the file and the valid kinds.
+pub fn kind(path: &Path) -> Result<&'static Kind> {
+    let name = kind_of(path)?;
+    KINDS.iter().find(|k| k.name == name).ok_or_else(|| {
+        let valid: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        Error::invalid(
+            path.display().to_string(),
+            Some("kind".into()),
+            format!(
+                "unknown results kind '{name}' (valid: {})",
+                valid.join(", ")
+            ),
+        )
+    })
 }
 
 /// An error in option `option` of a study's config (named as on the command line).

@@ -1743,3 +1743,113 @@ pub fn likelihood(
     }
     Ok(out)
 }
+
+/// A file-name stem from a convention group's name.
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' => out.push(c.to_ascii_lowercase()),
+            _ if !out.ends_with('_') => out.push('_'),
+            _ => {}
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// The `conventions` study: per convention, RMS error against the exact PF-ODE solution vs NFE,
+/// one panel per problem and training schedule, one line per choice (the base solid first); and
+/// the median error ratio of every flip vs NFE.
+pub fn conventions(doc: &Doc<super::conventions::Conventions>, dir: &Path) -> Result<Vec<PathBuf>> {
+    fonts();
+    let mut out = Vec::new();
+    let groups = unique(doc.config.variants.iter().map(|v| v.group.clone()));
+    let combos: Vec<(String, String)> = doc
+        .config
+        .betas
+        .iter()
+        .flat_map(|b| {
+            doc.config
+                .problems
+                .iter()
+                .map(move |p| (p.clone(), b.clone()))
+        })
+        .collect();
+    let (rows, cols) = (doc.config.betas.len(), doc.config.problems.len());
+    for g in &groups {
+        let labels: Vec<&str> = doc
+            .config
+            .variants
+            .iter()
+            .filter(|v| &v.group == g)
+            .map(|v| v.label.as_str())
+            .collect();
+        let stem = dir.join(format!("conventions_{}", slug(g)));
+        render!(
+            &stem,
+            (420 * cols as u32, 360 * rows as u32 + 18),
+            out,
+            |root| {
+                let main = footer(&root, &doc.provenance)?;
+                let panels = main.split_evenly((rows, cols));
+                for ((p, b), panel) in combos.iter().zip(panels.iter()) {
+                    let series: Vec<Series> = labels
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            let pts = doc
+                                .points
+                                .iter()
+                                .filter(|q| {
+                                    &q.group == g
+                                        && q.label == *l
+                                        && &q.problem == p
+                                        && &q.betas == b
+                                })
+                                .filter(|q| q.err_rms > 0.0)
+                                .map(|q| (q.nfe as f64, q.err_rms))
+                                .collect();
+                            (l.to_string(), pts, i > 0)
+                        })
+                        .collect();
+                    series_panel(
+                        panel,
+                        &format!("{p}, {b}: {g}"),
+                        ("NFE", "RMS error vs exact"),
+                        &series,
+                    )?;
+                }
+            }
+        );
+    }
+    let flips = &doc.summary.flips;
+    if !flips.is_empty() {
+        let stem = dir.join("conventions_ratios");
+        render!(&stem, (1240, 720 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let series: Vec<Series> = flips
+                .iter()
+                .map(|f| {
+                    let pts = f
+                        .nfe
+                        .iter()
+                        .zip(&f.ratio)
+                        .filter_map(|(&n, r)| Some((n as f64, (*r)?)))
+                        .collect();
+                    (
+                        format!("{}: {} -> {}", f.group, f.base, f.label),
+                        pts,
+                        false,
+                    )
+                })
+                .collect();
+            series_panel(
+                &main,
+                "error ratio of each convention flip to its base (median over problems and schedules)",
+                ("NFE", "RMS error ratio"),
+                &series,
+            )?;
+        });
+    }
+    Ok(out)
+}

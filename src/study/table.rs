@@ -942,3 +942,155 @@ pub fn likelihood(doc: &Doc<super::likelihood::LikelihoodStudy>) -> Vec<Table> {
     }
     tables
 }
+
+/// Writes `tables` as DIR/STEM.md and DIR/STEM.tex; returns the paths.
+pub fn write(
+    tables: &[Table],
+    provenance: &Provenance,
+    dir: &std::path::Path,
+    stem: &str,
+) -> crate::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for (ext, text) in [
+        ("md", markdown(tables, provenance)),
+        ("tex", latex(tables, provenance)),
+    ] {
+        let path = dir.join(format!("{stem}.{ext}"));
+        crate::io::write_atomic(&path, text.as_bytes())?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// The `conventions` study: the headline table (each flip's error ratio to its base at NFE 5, 10,
+/// 20, 50, median and range over problems and training schedules; the W2 ratio on gauss4; the
+/// largest NFE at which the median ratio is outside [0.9, 1.11]) and per convention the RMS errors
+/// (and W2 on gauss4).
+pub fn conventions(doc: &Doc<super::conventions::Conventions>) -> Vec<Table> {
+    let mut tables = Vec::new();
+    let ratio = |m: Option<f64>, lo: Option<f64>, hi: Option<f64>| match (m, lo, hi) {
+        (Some(m), Some(lo), Some(hi)) => format!("{m:.2} ({lo:.2}-{hi:.2})"),
+        _ => String::new(),
+    };
+    let mut header: Vec<String> = vec!["convention".into(), "base -> flip".into()];
+    header.extend(NFE_COLUMNS.iter().map(|n| format!("NFE {n}")));
+    header.extend([
+        "W2 ratio (gauss4) at 10 / 20".into(),
+        "matters up to NFE".into(),
+    ]);
+    let mut rows = Vec::new();
+    for f in &doc.summary.flips {
+        let at = |n: usize| f.nfe.iter().position(|&m| m == n);
+        let mut row = vec![f.group.clone(), format!("{} -> {}", f.base, f.label)];
+        for &n in &NFE_COLUMNS {
+            row.push(
+                at(n)
+                    .map(|i| ratio(f.ratio[i], f.ratio_min[i], f.ratio_max[i]))
+                    .unwrap_or_default(),
+            );
+        }
+        let w2 = |n: usize| {
+            at(n)
+                .and_then(|i| f.w2_ratio[i])
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        row.push(format!("{} / {}", w2(10), w2(20)));
+        row.push(match f.matters_up_to {
+            Some(n) if Some(&n) == f.nfe.last() => format!("all ({n})"),
+            Some(n) => n.to_string(),
+            None => "none".into(),
+        });
+        rows.push(row);
+    }
+    let bold = vec![vec![false; header.len()]; rows.len()];
+    tables.push(Table {
+        title: "What each diffusers convention costs: RMS error against the exact PF-ODE solution of the flip over its base, median (min-max) over problems and training schedules".into(),
+        header,
+        rows,
+        bold,
+    });
+    let groups: Vec<String> = {
+        let mut g: Vec<String> = Vec::new();
+        for v in &doc.config.variants {
+            if !g.contains(&v.group) {
+                g.push(v.group.clone());
+            }
+        }
+        g
+    };
+    for g in groups {
+        let mut header: Vec<String> = vec![
+            "problem".into(),
+            "betas".into(),
+            "choice".into(),
+            "sigma start".into(),
+        ];
+        header.extend(NFE_COLUMNS.iter().map(|n| format!("NFE {n}")));
+        header.push("W2 at 10 / 50".into());
+        let mut rows = Vec::new();
+        let mut bold = Vec::new();
+        for b in &doc.config.betas {
+            for p in &doc.config.problems {
+                let variants: Vec<_> = doc
+                    .config
+                    .variants
+                    .iter()
+                    .filter(|v| v.group == g)
+                    .collect();
+                let find = |l: &str, n: usize| {
+                    doc.points.iter().find(|q| {
+                        q.group == g
+                            && q.label == l
+                            && &q.problem == p
+                            && &q.betas == b
+                            && q.nfe == n
+                    })
+                };
+                let best: Vec<Option<f64>> = NFE_COLUMNS
+                    .iter()
+                    .map(|&n| {
+                        variants
+                            .iter()
+                            .filter_map(|v| find(&v.label, n).map(|q| q.err_rms))
+                            .reduce(f64::min)
+                    })
+                    .collect();
+                for v in &variants {
+                    let first = doc.points.iter().find(|q| {
+                        q.group == g && q.label == v.label && &q.problem == p && &q.betas == b
+                    });
+                    let mut row = vec![
+                        p.clone(),
+                        b.clone(),
+                        v.label.clone(),
+                        first
+                            .map(|q| format!("{:.3}", q.sigma_start))
+                            .unwrap_or_default(),
+                    ];
+                    let mut marks = vec![false; 4];
+                    for (k, &n) in NFE_COLUMNS.iter().enumerate() {
+                        let e = find(&v.label, n).map(|q| q.err_rms);
+                        row.push(e.map(sci).unwrap_or_default());
+                        marks.push(e.is_some() && e == best[k]);
+                    }
+                    let w2 = |n: usize| find(&v.label, n).and_then(|q| q.w2).map(sci);
+                    row.push(match (w2(10), w2(50)) {
+                        (Some(a), Some(c)) => format!("{a} / {c}"),
+                        _ => String::new(),
+                    });
+                    marks.push(false);
+                    rows.push(row);
+                    bold.push(marks);
+                }
+            }
+        }
+        tables.push(Table {
+            title: format!("{g}: RMS error against the exact PF-ODE solution (smallest in bold); W2 of the output law to p_0 on gauss4"),
+            header,
+            rows,
+            bold,
+        });
+    }
+    tables
+}
