@@ -1825,10 +1825,10 @@ pub fn conventions(doc: &Doc<super::conventions::Conventions>, dir: &Path) -> Re
     let flips = &doc.summary.flips;
     if !flips.is_empty() {
         let stem = dir.join("conventions_ratios");
-        render!(&stem, (1240, 720 + 18), out, |root| {
-            let main = footer(&root, &doc.provenance)?;
-            let series: Vec<Series> = flips
+        let series = |sigmas: bool| -> Vec<Series> {
+            flips
                 .iter()
+                .filter(|f| f.group.starts_with("sigmas") == sigmas)
                 .map(|f| {
                     let pts = f
                         .nfe
@@ -1842,13 +1842,22 @@ pub fn conventions(doc: &Doc<super::conventions::Conventions>, dir: &Path) -> Re
                         false,
                     )
                 })
-                .collect();
-            series_panel(
-                &main,
-                "error ratio of each convention flip to its base (median over problems and schedules)",
-                ("NFE", "RMS error ratio"),
-                &series,
-            )?;
+                .collect()
+        };
+        render!(&stem, (1480, 640 + 18), out, |root| {
+            let main = footer(&root, &doc.provenance)?;
+            let panels = main.split_evenly((1, 2));
+            for (panel, (sigmas, title)) in panels.iter().zip([
+                (false, "spacing, final step, order, implementation"),
+                (true, "sigma sequences"),
+            ]) {
+                series_panel(
+                    panel,
+                    &format!("flip / base, median over problems and schedules: {title}"),
+                    ("NFE", "RMS error ratio"),
+                    &series(sigmas),
+                )?;
+            }
         });
     }
     Ok(out)
