@@ -301,16 +301,7 @@ fn run(args: &Args) -> Result<()> {
             return Err(Error::invalid(flag, None, "applies to --scheduler-config"));
         }
     }
-    let Some(out) = &args.out else {
-        return Err(Error::invalid("--out", None, "required"));
-    };
-    let mut outputs = Outputs::new();
-    let out_slot = outputs.declare("--out", out)?;
-    let record_slot = args
-        .record
-        .as_ref()
-        .map(|p| outputs.declare("--record", p))
-        .transpose()?;
+    let (out, mut outputs, out_slot, record_slot) = declare(args)?;
     let init = Init::parse(args)?;
     if let Some(path) = &args.flow_map {
         return run_flow_map(args, path, &init, outputs, out_slot, record_slot);
@@ -493,6 +484,21 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The output files, declared together: `--out` (required) and `--record`.
+fn declare(args: &Args) -> Result<(&PathBuf, Outputs, io::Slot, Option<io::Slot>)> {
+    let Some(out) = &args.out else {
+        return Err(Error::invalid("--out", None, "required"));
+    };
+    let mut outputs = Outputs::new();
+    let out_slot = outputs.declare("--out", out)?;
+    let record_slot = args
+        .record
+        .as_ref()
+        .map(|p| outputs.declare("--record", p))
+        .transpose()?;
+    Ok((out, outputs, out_slot, record_slot))
+}
+
 /// On a terminal, one line on stderr: the shape, the output, the NFE and the wall time.
 fn report(x: &Array2<f64>, out: &std::path::Path, nfe: usize, wall: f64) {
     if std::io::stderr().is_terminal() {
@@ -538,16 +544,7 @@ fn run_scheduler(args: &Args, path: &std::path::Path) -> Result<()> {
         print!("{}", scheduler.explain().text(&scheduler));
         return Ok(());
     }
-    let Some(out) = &args.out else {
-        return Err(Error::invalid("--out", None, "required"));
-    };
-    let mut outputs = Outputs::new();
-    let out_slot = outputs.declare("--out", out)?;
-    let record_slot = args
-        .record
-        .as_ref()
-        .map(|p| outputs.declare("--record", p))
-        .transpose()?;
+    let (out, mut outputs, out_slot, record_slot) = declare(args)?;
     let init = Init::parse(args)?;
     let spec = scheduler.schedule().spec();
     let (source, name, problem) = match (&args.problem, &args.net) {

@@ -115,6 +115,22 @@ impl<'s> Stepper<'s> {
         }
     }
 
+    /// The model value of step i as `target` ([`Self::convert`]), pushed on the history.
+    fn push_model(
+        &mut self,
+        i: usize,
+        target: Prediction,
+        out: &mut Array2<f64>,
+        x: &Array2<f64>,
+        thr: Option<Threshold>,
+        roundtrip: bool,
+    ) -> Result<()> {
+        let s = self.sigma(i);
+        self.convert(target, out, x, &Rho.level(s), thr, roundtrip)?;
+        self.hist.push(s, Rho.lambda(s), out);
+        Ok(())
+    }
+
     /// The multistep order of step i (DPM-Solver and DEIS): the warm-up, `lower_order_final`
     /// below 15 steps, and (DPM-Solver) `euler_at_final` and a final step to sigma = 0.
     fn multistep_order(&self, i: usize, final_first: bool) -> usize {
@@ -158,8 +174,7 @@ impl<'s> Stepper<'s> {
         } else {
             Param::Noise
         };
-        self.convert(p.prediction(), out, x, &Rho.level(s), c.threshold, false)?;
-        self.hist.push(s, Rho.lambda(s), out);
+        self.push_model(i, p.prediction(), out, x, c.threshold, false)?;
         let k = self.multistep_order(i, c.euler_at_final || c.final_zero);
         if t == 0.0 {
             expint::denoise(model, p, s, t, x, &self.hist.back(0).2);
@@ -178,27 +193,38 @@ impl<'s> Stepper<'s> {
             let u = expint::multistep_with(&st, e, ty, k, 1.0, &self.hist);
             self.hist.apply(&u, x, None);
         }
-        if c.algorithm.sde() {
-            self.draw(noise, times, i, x.dim())?;
-            self.sde_noise(p, s, s, t, x);
-        }
+        self.sde_noise(noise, times, i, p, s, t, x)?;
         self.lower_order_nums = (self.lower_order_nums + 1).min(c.order);
         Ok(())
     }
 
-    /// Adds sigma_t sqrt(1 - e^{-2h}) z (data) or sigma_t sqrt(e^{2h} - 1) z (noise), h the
-    /// log-SNR step from `start`.
-    fn sde_noise(&self, p: Param, start: f64, _s: f64, t: f64, x: &mut Array2<f64>) {
-        if t == 0.0 {
-            return;
+    /// The SDE algorithms' noise: a draw every step, sigma_t sqrt(1 - e^{-2h}) z (data) or
+    /// sigma_t sqrt(e^{2h} - 1) z (noise) added, h the log-SNR step from `start`.
+    #[allow(clippy::too_many_arguments)]
+    fn sde_noise(
+        &mut self,
+        noise: &mut dyn Noise,
+        times: &[f64],
+        i: usize,
+        p: Param,
+        start: f64,
+        t: f64,
+        x: &mut Array2<f64>,
+    ) -> Result<()> {
+        if !self.s.config.algorithm.sde() {
+            return Ok(());
         }
-        let h = Rho.lambda(t) - Rho.lambda(start);
-        let c_z = Rho.sigma(t)
-            * match p {
-                Param::Data => (-(-2.0 * h).exp_m1()).sqrt(),
-                Param::Noise => (2.0 * h).exp_m1().sqrt(),
-            };
-        update(x, 1.0, &[(c_z, &self.z)]);
+        self.draw(noise, times, i, x.dim())?;
+        if t > 0.0 {
+            let h = Rho.lambda(t) - Rho.lambda(start);
+            let c_z = Rho.sigma(t)
+                * match p {
+                    Param::Data => (-(-2.0 * h).exp_m1()).sqrt(),
+                    Param::Noise => (2.0 * h).exp_m1().sqrt(),
+                };
+            update(x, 1.0, &[(c_z, &self.z)]);
+        }
+        Ok(())
     }
 
     fn dpm_singlestep(
@@ -211,14 +237,13 @@ impl<'s> Stepper<'s> {
         model: &Model,
     ) -> Result<()> {
         let c = &self.s.config;
-        let (s, t) = (self.sigma(i), self.sigma(i + 1));
+        let t = self.sigma(i + 1);
         let p = if c.algorithm.data() {
             Param::Data
         } else {
             Param::Noise
         };
-        self.convert(p.prediction(), out, x, &Rho.level(s), c.threshold, false)?;
-        self.hist.push(s, Rho.lambda(s), out);
+        self.push_model(i, p.prediction(), out, x, c.threshold, false)?;
         let mut k = self.s.plan.orders[i];
         while self.hist.len() < k {
             k -= 1;
@@ -253,18 +278,13 @@ impl<'s> Stepper<'s> {
             }
             combine(x, &terms[..=k]);
         }
-        if c.algorithm.sde() {
-            self.draw(noise, times, i, x.dim())?;
-            self.sde_noise(p, start, s, t, x);
-        }
-        Ok(())
+        self.sde_noise(noise, times, i, p, start, t, x)
     }
 
     fn deis(&mut self, i: usize, out: &mut Array2<f64>, x: &mut Array2<f64>) -> Result<()> {
         let c = &self.s.config;
         let (s, t) = (self.sigma(i), self.sigma(i + 1));
-        self.convert(Prediction::Eps, out, x, &Rho.level(s), c.threshold, true)?;
-        self.hist.push(s, Rho.lambda(s), out);
+        self.push_model(i, Prediction::Eps, out, x, c.threshold, true)?;
         let k = self.multistep_order(i, false);
         let mut ts = [0.0; 4];
         for (j, tj) in ts.iter_mut().enumerate().take(k) {
