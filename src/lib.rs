@@ -5,7 +5,8 @@
 //! `cuda` feature) -> [`solver`] over a [`grid`] (and [`flow_map`]: the exact solution map, solvers
 //! as maps, learned and distilled two-time networks) -> metrics -> experiments; [`tangent`] and
 //! [`likelihood`] differentiate the flow (Jacobians,
-//! the change of variables, variational bounds, the OT certificate).
+//! the change of variables, variational bounds, the OT certificate); [`diffusers`] replays a
+//! diffusers scheduler config over any oracle, on the solver machinery.
 
 pub mod brownian;
 #[cfg(feature = "cuda")]
