@@ -44,7 +44,7 @@ use crate::oracle::Oracle;
 use crate::prediction::{self, Prediction};
 use crate::schedule::{Discrete, NoiseLevel, Schedule, Vp};
 use crate::solver::sde::Noise;
-use crate::solver::{ensure, Model};
+use crate::solver::{all_finite, ensure, Model};
 use ndarray::{Array2, ArrayView2, Zip};
 
 /// A config with its training schedule and the plan of one run of n steps.
@@ -129,7 +129,7 @@ impl Scheduler {
         }
         let discrete = Discrete::new(config.schedule.clone())
             .map_err(|e| Error::invalid(&config.source, None, e.to_string()))?;
-        let alphas_cumprod = discrete.alphas_cumprod();
+        let alphas_cumprod = config.schedule.alphas_cumprod();
         let plan = timesteps::plan(&config, &alphas_cumprod, steps)?;
         Ok(Scheduler {
             config,
@@ -227,14 +227,14 @@ impl Scheduler {
                 timestep: tau,
                 level,
             });
-            if out.iter().any(|v| !v.is_finite()) {
+            if !all_finite(&out) {
                 return Err(Error::Domain(format!(
                     "the model returned a non-finite {} prediction at timestep {tau}",
                     self.config.prediction
                 )));
             }
             stepper.step(i, &mut out, &mut x, noise, &times, &model)?;
-            if x.iter().any(|v| !v.is_finite()) {
+            if !all_finite(&x) {
                 return Err(Error::Domain(format!(
                     "{}: step {i} of {} (timestep {tau}) made the sample non-finite",
                     self.config.class.name(),

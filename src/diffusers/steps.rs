@@ -32,8 +32,8 @@ pub(super) struct Stepper<'s> {
     /// singlestep step.
     last: Array2<f64>,
     this_order: usize,
-    /// Heun's first-order half: derivative, dt and the sample at its start.
-    heun: Option<(Array2<f64>, f64, Array2<f64>)>,
+    /// Heun's first-order half: its dt (its start sample is `last`, its derivative `buf`).
+    heun: Option<f64>,
     z: Array2<f64>,
     buf: Array2<f64>,
 }
@@ -286,11 +286,7 @@ impl<'s> Stepper<'s> {
         let (s, t) = (self.sigma(i), self.sigma(i + 1));
         self.push_model(i, Prediction::Eps, out, x, c.threshold, true)?;
         let k = self.multistep_order(i, false);
-        let mut ts = [0.0; 4];
-        for (j, tj) in ts.iter_mut().enumerate().take(k) {
-            *tj = self.hist.back(j).0;
-        }
-        let cs = adams::weights(Rule::LogRho, &Rho, &ts[..k], t);
+        let cs = adams::weights(Rule::LogRho, &Rho, &self.hist.times(k)[..k], t);
         let a_t = Rho.alpha(t);
         let mut u = Weights::new(a_t / Rho.alpha(s), 0.0);
         for (w, cj) in u.w.iter_mut().zip(cs) {
@@ -391,13 +387,17 @@ impl<'s> Stepper<'s> {
                 let (sigma, next) = (self.sigma(i), self.sigma(i + 1));
                 self.derivative(out, x, sigma)?;
                 let dt = next - sigma;
-                let start = x.clone();
+                self.last.clone_from(x);
+                self.buf.clone_from(out);
                 update(x, 1.0, &[(dt, out)]);
-                self.heun = Some((out.clone(), dt, start));
+                self.heun = Some(dt);
             }
-            Some((d1, dt, start)) => {
+            Some(dt) => {
                 self.derivative(out, x, self.sigma(i))?;
-                combine(x, &[(1.0, &start), (0.5 * dt, &d1), (0.5 * dt, out)]);
+                combine(
+                    x,
+                    &[(1.0, &self.last), (0.5 * dt, &self.buf), (0.5 * dt, out)],
+                );
             }
         }
         Ok(())
@@ -408,12 +408,8 @@ impl<'s> Stepper<'s> {
         self.derivative(out, x, sigma)?;
         self.hist.push(sigma, Rho.lambda(sigma), out);
         let k = self.hist.len();
-        let mut ts = [0.0; 4];
-        for (j, tj) in ts.iter_mut().enumerate().take(k) {
-            *tj = self.hist.back(j).0;
-        }
         let mut u = Weights::new(1.0, 0.0);
-        u.w = adams::weights(Rule::RhoAb, &Rho, &ts[..k], next);
+        u.w = adams::weights(Rule::RhoAb, &Rho, &self.hist.times(k)[..k], next);
         self.hist.apply(&u, x, None);
         Ok(())
     }
@@ -435,8 +431,7 @@ impl<'s> Stepper<'s> {
         let a_t = ac[t as usize];
         let a_prev = match prev {
             p if p >= 0.0 => ac[p as usize],
-            _ if c.class == Class::Ddpm || c.set_alpha_to_one => 1.0,
-            _ => ac[0],
+            _ => s.plan.final_alphas_cumprod,
         };
         let level = NoiseLevel::of(a_t.sqrt(), (1.0 - a_t).sqrt());
         if c.class == Class::Ddim {

@@ -16,8 +16,11 @@ pub struct Plan {
     /// `scheduler.sigmas` (sigma/alpha): the level of each step's start and, last, the end. For
     /// DDIM and DDPM, the levels of the timesteps and of the final landing point.
     pub sigmas: Vec<f64>,
-    /// DDIM and DDPM: the timestep each step lands on (negative: the final alpha).
+    /// DDIM and DDPM: the timestep each step lands on (negative: `final_alphas_cumprod`).
     pub prev: Vec<f64>,
+    /// DDIM and DDPM: alphas_cumprod of a landing before timestep 0 (1, or DDIM's
+    /// alphas_cumprod[0] with `set_alpha_to_one=false`).
+    pub final_alphas_cumprod: f64,
     /// The pipelines multiply the unit-normal latents by this.
     pub init_noise_sigma: f64,
     /// DPM-Solver singlestep: the order of each step.
@@ -246,6 +249,7 @@ pub fn plan(config: &Config, ac: &[f64], n: usize) -> Result<Plan> {
         timesteps: vec![],
         sigmas: vec![],
         prev: vec![],
+        final_alphas_cumprod: 1.0,
         init_noise_sigma: 1.0,
         orders: vec![],
     };
@@ -258,11 +262,10 @@ pub fn plan(config: &Config, ac: &[f64], n: usize) -> Result<Plan> {
                 Class::Ddim => ts.iter().map(|t| t - ratio).collect(),
                 _ => ts.iter().skip(1).copied().chain([-1.0]).collect(),
             };
-            let final_ac = if class == Class::Ddpm || config.set_alpha_to_one {
-                1.0
-            } else {
-                ac[0]
-            };
+            if class == Class::Ddim && !config.set_alpha_to_one {
+                plan.final_alphas_cumprod = ac[0];
+            }
+            let final_ac = plan.final_alphas_cumprod;
             let rho = |t: f64| -> f64 {
                 let a = match t {
                     t if t < 0.0 => final_ac,

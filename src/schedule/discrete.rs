@@ -352,15 +352,6 @@ impl Discrete {
         (tau + 1.0) / self.n as f64
     }
 
-    /// alphas_cumprod at the N timestep knots (alpha^2, as the DDPM code has them).
-    pub fn alphas_cumprod(&self) -> Vec<f64> {
-        let skip = usize::from(self.options.zero);
-        self.log_alpha[skip..]
-            .iter()
-            .map(|la| (2.0 * la).exp())
-            .collect()
-    }
-
     fn kind(&self, i: usize) -> Segment {
         let (y0, y1) = (self.log_alpha[i], self.log_alpha[i + 1]);
         if !y0.is_finite() || !y1.is_finite() {

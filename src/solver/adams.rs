@@ -237,11 +237,7 @@ impl Solver for Adams {
             return Ok(());
         }
         let k = self.ms.for_steps(n).step_order(i, n, self.hist.len());
-        let mut ts = [0.0; MAX_HISTORY];
-        for (j, tj) in ts.iter_mut().enumerate().take(k) {
-            *tj = self.hist.back(j).0;
-        }
-        let c = weights(self.rule, model.schedule, &ts[..k], t);
+        let c = weights(self.rule, model.schedule, &self.hist.times(k)[..k], t);
         let mut u = expint::Weights::new(b.alpha / a.alpha, 0.0);
         for (w, cj) in u.w.iter_mut().zip(c) {
             *w = b.alpha * cj;

@@ -373,6 +373,15 @@ impl History {
         self.entries.is_empty()
     }
 
+    /// The times of the k newest entries, newest first.
+    pub fn times(&self, k: usize) -> [f64; MAX_HISTORY] {
+        let mut ts = [0.0; MAX_HISTORY];
+        for (j, tj) in ts.iter_mut().enumerate().take(k) {
+            *tj = self.back(j).0;
+        }
+        ts
+    }
+
     /// The j-th newest entry (0 = newest).
     pub fn back(&self, j: usize) -> &(f64, f64, Array2<f64>) {
         &self.entries[self.entries.len() - 1 - j]

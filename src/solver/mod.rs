@@ -222,7 +222,7 @@ pub fn ensure(a: &mut Array2<f64>, dim: (usize, usize)) {
 
 /// Whether every value is finite, by counting all-ones exponents (an integer sum, which
 /// vectorizes).
-fn all_finite(a: &Array2<f64>) -> bool {
+pub(crate) fn all_finite(a: &Array2<f64>) -> bool {
     const EXP: u64 = 0x7ff0_0000_0000_0000;
     let bad = |c: &[f64]| {
         c.iter()
